@@ -1,0 +1,136 @@
+"""Pea membership: every pea is a cgroup in the cgroup2 (unified) hierarchy.
+
+A pea of pod POD is the cgroup ``<cgroup2 mount>/peapod/POD/PEA``. Membership
+is what the kernel says it is: children inherit their parent's cgroup
+atomically at fork, and a pod process cannot move itself (it does not own the
+cgroup files and, inside its cgroup namespace, cannot even name the host
+hierarchy). PeaFS and the tagger both ask "which pea is this pid in?" by
+reading ``/proc/PID/cgroup``, the single source of truth; nothing here caches
+an answer, so a reused pid can never inherit a dead process's pea.
+
+The unified hierarchy is used even on hosts whose controllers are still on v1
+(this machine mounts cgroup2 at /sys/fs/cgroup/unified with no controllers):
+membership needs no controller. Resource limits are the tagger's business.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+PREFIX = "peapod"
+
+
+class CgroupError(RuntimeError):
+    """The cgroup2 hierarchy is missing or a pea cgroup cannot be managed."""
+
+
+_root_cache: Path | None = None
+
+
+def cgroup2_root() -> Path:
+    """The mount point of the cgroup2 hierarchy, from /proc/self/mountinfo."""
+    global _root_cache
+    if _root_cache is not None:
+        return _root_cache
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    _root_cache = Path(left.split()[4])
+                    return _root_cache
+    except OSError as e:
+        raise CgroupError(f"cannot read /proc/self/mountinfo: {e}") from e
+    raise CgroupError(
+        "no cgroup2 (unified) hierarchy is mounted; pea membership needs one "
+        "(mount -t cgroup2 none /sys/fs/cgroup/unified)"
+    )
+
+
+def pod_cgroup(pod: str) -> Path:
+    return cgroup2_root() / PREFIX / pod
+
+
+def pea_cgroup(pod: str, pea: str) -> Path:
+    return pod_cgroup(pod) / pea
+
+
+def ensure_peas(pod: str, peas) -> None:
+    """Create the pod's cgroup and one child per pea (idempotent)."""
+    for pea in peas:
+        pea_cgroup(pod, pea).mkdir(parents=True, exist_ok=True)
+
+
+def join(pid: int, pod: str, pea: str) -> None:
+    """Move process ``pid`` (all its threads) into the pea's cgroup."""
+    path = pea_cgroup(pod, pea)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        (path / "cgroup.procs").write_text(f"{pid}\n")
+    except OSError as e:
+        raise CgroupError(f"cannot move pid {pid} into {path}: {e.strerror}") from e
+
+
+def cgroup_of(pid: int) -> str | None:
+    """The unified-hierarchy cgroup path of ``pid`` (a process or thread id),
+    as the host sees it, or None if the process is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    for line in data.split(b"\n"):
+        if line.startswith(b"0::"):
+            return line[3:].decode("utf-8", "surrogateescape")
+    return None
+
+
+def pea_of(pid: int, pod: str) -> str | None:
+    """The pea of ``pid`` in ``pod``, or None if it is in no pea of that pod.
+
+    A process in a sub-cgroup of a pea (``/peapod/POD/PEA/...``) belongs to
+    that pea. The caller must hold a reference that keeps ``pid`` from being
+    reused while it acts on the answer (for FUSE: the request is pending, so
+    the calling thread cannot have been reaped).
+    """
+    cg = cgroup_of(pid)
+    if cg is None:
+        return None
+    parts = cg.strip("/").split("/")
+    if len(parts) >= 3 and parts[0] == PREFIX and parts[1] == pod:
+        return parts[2]
+    return None
+
+
+def remove_pod(pod: str) -> None:
+    """Remove the pod's cgroups, deepest first. Cgroups that still hold
+    processes stay (EBUSY); the caller kills processes first."""
+    top = pod_cgroup(pod)
+    if not top.exists():
+        return
+    for dirpath, dirnames, _ in os.walk(top, topdown=False):
+        try:
+            os.rmdir(dirpath)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT,):
+                raise CgroupError(f"cannot remove cgroup {dirpath}: {e.strerror}") from e
+
+
+def pids_in(pod: str) -> list[int]:
+    """Every pid in every pea of the pod (recursively)."""
+    top = pod_cgroup(pod)
+    out: list[int] = []
+    for dirpath, _, files in os.walk(top):
+        if "cgroup.procs" in files:
+            try:
+                out += [int(x) for x in Path(dirpath, "cgroup.procs").read_text().split()]
+            except OSError:
+                pass
+    return out
