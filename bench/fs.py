@@ -1,0 +1,330 @@
+"""File-system workloads: a plain directory, bindfs (the C peer) and PeaFS, side by side.
+
+``python -m bench fs [--quick]``. The same workloads run on three legs,
+alternated inside one run (native, bindfs, peafs, native, ...), and each
+figure is the median of the repetitions:
+
+- stat of a tree of ~5 000 small files (warm: the tree was walked just before),
+- read of the whole tree, cold (page cache, dentries and inodes dropped with
+  ``echo 3 > /proc/sys/vm/drop_caches``) and warm (right after the cold read),
+- untar of a tar of that tree into a fresh directory,
+- create then delete of 10 000 small files,
+- 1 GiB sequential write (with fsync) and cold sequential read.
+
+``--quick``: 1 000 files, 64 MiB, one repetition.
+
+Each workload runs in a fresh worker process (this file run as a script) that
+times itself, so process start-up and ``peafs run`` (user namespace, cgroup)
+are not part of the figures. The PeaFS leg mounts a policy whose only pea has
+``"/" = "rwx"`` and runs the worker in that pea as pod root, which is how a pod
+process reaches its files; the other legs run the worker as host root. The
+worker uses /usr/bin/python3 with -I -S on every leg: a pod user cannot
+traverse /root, where the venv's interpreter lives, and the same interpreter
+on every leg keeps the comparison fair.
+
+Targets: metadata and small-file workloads within 2x of bindfs, warm reads
+within 1.1x of native.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+WORKER_PYTHON = "/usr/bin/python3"
+POD_UID_BASE = 200000
+CHUNK = 1 << 20  # 1 MiB per read()/write() for the sequential workloads
+SMALL_FILE = b"x" * 100
+
+
+# --------------------------------------------------------------------------
+# The worker: runs one workload in the directory it is given, prints seconds.
+# --------------------------------------------------------------------------
+
+def _tree_files(top: str) -> list[str]:
+    out = []
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                else:
+                    out.append(e.path)
+    return out
+
+
+def _stat_tree(top: str) -> None:
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        for name in os.listdir(d):
+            p = os.path.join(d, name)
+            st = os.lstat(p)
+            if (st.st_mode & 0o170000) == 0o040000:
+                stack.append(p)
+
+
+def _read_all(paths: list[str]) -> int:
+    total = 0
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            while True:
+                b = os.read(fd, CHUNK)
+                if not b:
+                    break
+                total += len(b)
+        finally:
+            os.close(fd)
+    return total
+
+
+def worker(workload: str, target: str, extra: list[str]) -> dict:
+    """Run one workload on ``target``; return {"name": seconds, ...}."""
+    t = time.perf_counter
+    if workload == "stat":
+        _stat_tree(target)  # warm-up: dentries and attributes cached
+        t0 = t()
+        _stat_tree(target)
+        return {"stat_tree_warm": t() - t0}
+    if workload == "read":
+        # The parent dropped the caches just before starting this worker.
+        t0 = t()
+        paths = _tree_files(target)
+        _read_all(paths)
+        cold = t() - t0
+        t0 = t()
+        _read_all(paths)
+        return {"read_tree_cold": cold, "read_tree_warm": t() - t0}
+    if workload == "untar":
+        tar, dest = extra
+        os.mkdir(dest)
+        t0 = t()
+        subprocess.run(["tar", "-xf", tar, "-C", dest, "--no-same-owner"], check=True)
+        took = t() - t0
+        shutil.rmtree(dest)
+        return {"untar": took}
+    if workload == "create_delete":
+        count = int(extra[0])
+        d = os.path.join(target, "cd")
+        os.mkdir(d)
+        t0 = t()
+        for i in range(count):
+            fd = os.open(os.path.join(d, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, SMALL_FILE)
+            os.close(fd)
+        created = t() - t0
+        t0 = t()
+        for i in range(count):
+            os.unlink(os.path.join(d, f"f{i}"))
+        deleted = t() - t0
+        os.rmdir(d)
+        return {"create_small": created, "delete_small": deleted}
+    if workload == "seq_write":
+        size = int(extra[0])
+        buf = os.urandom(CHUNK)
+        t0 = t()
+        fd = os.open(os.path.join(target, "big"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for _ in range(size // CHUNK):
+                os.write(fd, buf)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return {"seq_write": t() - t0}
+    if workload == "seq_read":
+        t0 = t()
+        n = _read_all([os.path.join(target, "big")])
+        took = t() - t0
+        os.unlink(os.path.join(target, "big"))
+        if n != int(extra[0]):
+            raise RuntimeError(f"read {n} bytes, expected {extra[0]}")
+        return {"seq_read_cold": took}
+    raise ValueError(f"unknown workload {workload}")
+
+
+# --------------------------------------------------------------------------
+# The driver.
+# --------------------------------------------------------------------------
+
+def _drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def _make_tree(top: Path, files: int) -> None:
+    """~``files`` files of 1-16 KiB in directories of 100, two levels deep."""
+    rng = __import__("random").Random(1234)
+    per_dir = 100
+    for i in range(files):
+        d = top / f"d{i // (per_dir * 10)}" / f"s{(i // per_dir) % 10}"
+        if i % per_dir == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_bytes(rng.randbytes(rng.randint(1, 16) * 1024))
+
+
+def _peafs_cli() -> list[str]:
+    script = Path(sys.executable).parent / "peafs"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("peafs")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from peafs.cli import main; sys.exit(main())"]
+
+
+def _wait_mounted(path: Path, proc: subprocess.Popen | None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.ismount(path):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"mount of {path} exited with status {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{path} not mounted after {timeout}s")
+
+
+def _unmount(path: Path, proc: subprocess.Popen | None, peafs: bool) -> None:
+    if os.path.ismount(path):
+        cmd = _peafs_cli() + ["umount", str(path)] if peafs else ["fusermount3", "-u", str(path)]
+        r = subprocess.run(cmd, capture_output=True, timeout=30)
+        if r.returncode != 0 and os.path.ismount(path):
+            subprocess.run(["fusermount3", "-u", "-z", str(path)], timeout=30)
+    if proc is not None:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+class Legs:
+    """The three places the workloads run, set up and torn down together."""
+
+    def __init__(self, base: Path, files: int, legs: tuple[str, ...]):
+        self.base = base
+        self.legs = legs
+        self.pod = f"benchfs-{os.getpid()}"
+        self.dirs = {
+            "native": base / "native",
+            "bindfs": base / "bindfs-mnt",
+            "peafs": base / "peafs-mnt",
+        }
+        self.bindfs_src = base / "bindfs-src"
+        self.staging = base / "peafs-root"
+        self.policy = base / "policy.toml"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.files = files
+
+    def __enter__(self):
+        for p in (self.dirs["native"], self.bindfs_src, self.staging,
+                  self.dirs["bindfs"], self.dirs["peafs"]):
+            p.mkdir()
+        for p in (self.dirs["native"], self.bindfs_src, self.staging):
+            _make_tree(p / "tree", self.files)
+        with tarfile.open(self.base / "tree.tar", "w") as tar:
+            tar.add(self.dirs["native"] / "tree", arcname="tree")
+        os.chmod(self.base / "tree.tar", 0o644)
+        self.policy.write_text(
+            f'[pod]\nname = "{self.pod}"\nroot = "{self.staging}"\n'
+            f"uid_map = [[0, {POD_UID_BASE}, 65536]]\ngid_map = [[0, {POD_UID_BASE}, 65536]]\n"
+            'default_pea = "bench"\n\n[pea.bench.files]\n"/" = "rwx"\n'
+        )
+        self.procs["bindfs"] = subprocess.Popen(
+            ["bindfs", "-f", "-o", "allow_other", str(self.bindfs_src), str(self.dirs["bindfs"])])
+        _wait_mounted(self.dirs["bindfs"], self.procs["bindfs"])
+        if "peafs" in self.legs:
+            self.procs["peafs"] = subprocess.Popen(
+                _peafs_cli() + ["mount", str(self.staging), str(self.dirs["peafs"]),
+                                "--policy", str(self.policy), "--foreground"])
+            _wait_mounted(self.dirs["peafs"], self.procs["peafs"])
+        return self
+
+    def __exit__(self, *exc):
+        for leg in ("bindfs", "peafs"):
+            _unmount(self.dirs[leg], self.procs.get(leg), peafs=(leg == "peafs"))
+        return False
+
+    def run(self, leg: str, workload: str, target: str, extra: list[str]) -> dict:
+        cmd = [WORKER_PYTHON, "-I", "-S", str(Path(__file__).resolve()),
+               "--worker", workload, target, *extra]
+        if leg == "peafs":
+            cmd = _peafs_cli() + ["run", str(self.dirs["peafs"]), "--pea", "bench", "--"] + cmd
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"{leg} {workload} failed ({r.returncode}): {r.stderr.strip()}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run(args) -> dict:
+    quick = getattr(args, "quick", False)
+    files = 1000 if quick else 5000
+    small = 1000 if quick else 10000
+    size = (64 if quick else 1024) << 20
+    reps = 1 if quick else 3
+    # PEAPOD_BENCH_FS_LEGS=native,bindfs: run without PeaFS (to check the harness itself).
+    legs_order = tuple(os.environ.get("PEAPOD_BENCH_FS_LEGS", "native,bindfs,peafs").split(","))
+    times: dict[str, dict[str, list[float]]] = {}
+
+    base = Path(tempfile.mkdtemp(prefix="bench-fs-", dir="/var/tmp"))
+    # Pod users (host uid 200000+) must traverse it and read the tar.
+    os.chmod(base, 0o755)
+    try:
+        with Legs(base, files, legs_order) as legs:
+            for leg in ("native", "bindfs"):
+                os.chmod(legs.dirs[leg] if leg == "native" else legs.bindfs_src, 0o777)
+            os.chmod(legs.staging, 0o777)
+            for _ in range(reps):
+                for workload in ("stat", "read", "untar", "create_delete", "seq_write",
+                                 "seq_read"):
+                    for leg in legs_order:
+                        d = str(legs.dirs[leg])
+                        extra: list[str] = []
+                        target = os.path.join(d, "tree")
+                        if workload == "untar":
+                            extra = [str(base / "tree.tar"), os.path.join(d, "untarred")]
+                        elif workload == "create_delete":
+                            target, extra = d, [str(small)]
+                        elif workload in ("seq_write", "seq_read"):
+                            target, extra = d, [str(size)]
+                        if workload in ("read", "seq_read"):
+                            _drop_caches()
+                        for name, secs in legs.run(leg, workload, target, extra).items():
+                            times.setdefault(name, {}).setdefault(leg, []).append(secs)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    rows = []
+    for name, per_leg in times.items():
+        med = {leg: statistics.median(per_leg[leg]) for leg in legs_order}
+        row = {"workload": name}
+        row.update({f"{leg}_s": med[leg] for leg in legs_order})
+        for a, b in (("peafs", "bindfs"), ("peafs", "native"), ("bindfs", "native")):
+            if a in med and b in med:
+                row[f"{a}/{b}"] = med[a] / med[b]
+        rows.append(row)
+    return {
+        "rows": rows,
+        "params": {"tree_files": files, "small_files": small, "seq_bytes": size,
+                   "repetitions": reps},
+        "raw": times,
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "--worker":
+        print(json.dumps(worker(sys.argv[2], sys.argv[3], sys.argv[4:])))
+        sys.exit(0)
+    print("usage: python -m bench fs [--quick]", file=sys.stderr)
+    sys.exit(2)
