@@ -1,0 +1,268 @@
+"""The objects a loaded policy is made of: Policy, Pea and their parts.
+
+A Policy is immutable once loaded, with one exception: the rules that hard
+links add (DESIGN section 4, "Hard links"). PeaFS calls ``add_link`` when a pod
+process creates a link, so that the new name grants in every pea exactly what
+the original name granted at that moment; otherwise a pea could reach a file
+it may not write through a second name under a directory it may write.
+"""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+from typing import Mapping, NamedTuple
+
+from .paths import parts_of, split_path
+from .tree import CHILDREN, DIR, PATH, XDIR, XPATH, Match, find_node, lookup, lookup_exec, new_node, node_at, prune
+
+PERM_ORDER = "rwx"
+
+
+class IdRange(NamedTuple):
+    """One line of a user namespace id map: ids inside..inside+count-1 in the
+    pod are outside..outside+count-1 on the host."""
+
+    inside: int
+    outside: int
+    count: int
+
+
+class Mount(NamedTuple):
+    """A host directory placed at ``path`` in the pod, read-only unless rw."""
+
+    host: Path
+    path: str
+    rw: bool
+
+
+class Net(NamedTuple):
+    """The pod's veth: ``address`` as written ("10.88.0.2/24"), the pod's
+    ``ip``, the host side's ``host_ip`` (first host address of the network)
+    and the ``prefixlen``."""
+
+    address: str
+    ip: str
+    host_ip: str
+    prefixlen: int
+
+
+class Limits(NamedTuple):
+    """Resource limits of the whole pod (None = no limit)."""
+
+    memory: int | None = None
+    pids: int | None = None
+
+
+def file_match(key: str, perm: str) -> Match:
+    """The Match a file rule written as ``key = perm`` produces."""
+    if key.endswith("/"):
+        return Match(perm, key, "directory", None)
+    return Match(perm, key, "path", None)
+
+
+DENY_ALL = Match("", "/", "default", None)
+
+
+class Pea:
+    """A least-privilege domain: its file rules, transitions and network rights.
+
+    ``files`` and ``exec`` are the pea's own rules as written in the policy
+    (permissions normalised to "rwx" order), in file order.
+    """
+
+    __slots__ = ("name", "complain", "connect", "bind", "files", "exec", "_root", "_shadow")
+
+    def __init__(self, name: str, *, files: Mapping[str, str] | None = None,
+                 exec: Mapping[str, str] | None = None, complain: bool = False,
+                 connect: bool = False, bind=()):
+        self.name = name
+        self.complain = bool(complain)
+        self.connect = bool(connect)
+        self.bind = frozenset(bind)
+        self.files = types.MappingProxyType(dict(files or {}))
+        self.exec = types.MappingProxyType(dict(exec or {}))
+        root = new_node()
+        root[DIR] = DENY_ALL
+        for key, perm in self.files.items():
+            node = node_at(root, split_path(key))
+            if key.endswith("/"):
+                node[DIR] = file_match(key, perm)
+            else:
+                node[PATH] = file_match(key, perm)
+        for key, target in self.exec.items():
+            node = node_at(root, split_path(key))
+            if key.endswith("/"):
+                node[XDIR] = target
+            else:
+                node[XPATH] = target
+        self._root = root
+        # parts -> (path_rule, exec_path) the policy had before a link rule
+        # replaced them, so drop_link can put them back.
+        self._shadow: dict[tuple[str, ...], tuple] = {}
+
+    def __repr__(self) -> str:
+        return f"<Pea {self.name} files={len(self.files)} exec={len(self.exec)}>"
+
+    def match(self, path: str) -> Match:
+        """The rule that decides for absolute *path* (ValueError if unclean)."""
+        return lookup(self._root, parts_of(path))
+
+    def match_parts(self, parts: tuple[str, ...]) -> Match:
+        """``match`` for a path given as components; they are trusted to be
+        real names (no "", ".", ".." or "/"), as PeaFS's lookups are."""
+        return lookup(self._root, parts)
+
+    def transition(self, path: str) -> str | None:
+        """The pea a process of this pea moves to when it executes *path*."""
+        return lookup_exec(self._root, parts_of(path))
+
+    def transition_parts(self, parts: tuple[str, ...]) -> str | None:
+        return lookup_exec(self._root, parts)
+
+    # -- hard-link rules (called through Policy) --------------------------
+
+    def _set_link(self, parts: tuple[str, ...], path: str, perm: str, exec_to: str | None) -> None:
+        node = node_at(self._root, parts)
+        if parts not in self._shadow:
+            self._shadow[parts] = (node[PATH], node[XPATH])
+        node[PATH] = Match(perm, path, "path", None)
+        node[XPATH] = exec_to or ""
+
+    def _drop_link(self, parts: tuple[str, ...]) -> None:
+        saved = self._shadow.pop(parts, None)
+        if saved is None:
+            return
+        node = find_node(self._root, parts)
+        if node is None:  # pragma: no cover - the node exists while shadowed
+            return
+        node[PATH], node[XPATH] = saved
+        prune(self._root, parts)
+
+
+class Policy:
+    """A loaded, valid policy: one pod and its peas (see docs/FORMAT.md)."""
+
+    __slots__ = ("file", "name", "hostname", "root", "uid_map", "gid_map", "default_pea",
+                 "init", "mounts", "net", "limits", "peas", "_links", "_frozen")
+
+    def __init__(self, *, file: Path | None, name: str, hostname: str, root: Path,
+                 uid_map: tuple[IdRange, ...], gid_map: tuple[IdRange, ...],
+                 default_pea: str, init: tuple[str, ...] | None, mounts: tuple[Mount, ...],
+                 net: Net | None, limits: Limits, peas: dict[str, Pea]):
+        self.file = file
+        self.name = name
+        self.hostname = hostname
+        self.root = root
+        self.uid_map = tuple(uid_map)
+        self.gid_map = tuple(gid_map)
+        self.default_pea = default_pea
+        self.init = init
+        self.mounts = tuple(mounts)
+        self.net = net
+        self.limits = limits
+        self.peas = types.MappingProxyType(dict(peas))
+        # new_path -> {pea name -> (perm, exec_to)}
+        self._links: dict[str, dict[str, tuple[str, str | None]]] = {}
+        self._frozen = True
+
+    def __setattr__(self, attr, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"Policy is immutable (cannot set {attr})")
+        object.__setattr__(self, attr, value)
+
+    def __repr__(self) -> str:
+        return f"<Policy {self.name} peas={list(self.peas)}>"
+
+    def pea(self, name: str) -> Pea:
+        """The pea called *name*; KeyError if the policy has none."""
+        try:
+            return self.peas[name]
+        except KeyError:
+            raise KeyError(f"policy {self.name!r} has no pea {name!r}") from None
+
+    # -- hard links ------------------------------------------------------
+
+    def add_link(self, new_path: str, existing_path: str) -> None:
+        """Give *new_path*, in every pea, a path-specific rule equal to what
+        *existing_path* matches now (perm and exec transition).
+
+        A link rule takes precedence over a policy rule on the same path
+        (the policy's rule comes back on ``drop_link``): the object behind
+        the new name is the original's, so it must be guarded like it.
+        """
+        new_parts = parts_of(new_path)
+        old_parts = parts_of(existing_path)
+        if not new_parts:
+            raise ValueError("cannot link onto /")
+        # Read every pea's answer before changing any rule.
+        entry = {}
+        for name, pea in self.peas.items():
+            m = lookup(pea._root, old_parts)
+            entry[name] = (m.perm, m.exec_to)
+        self._put_link(new_path, new_parts, entry)
+
+    def _put_link(self, path: str, parts: tuple[str, ...], entry) -> None:
+        for name, pea in self.peas.items():
+            perm, exec_to = entry.get(name, ("", None))
+            pea._set_link(parts, path, perm, exec_to)
+        self._links[path] = dict(entry)
+
+    def drop_link(self, path: str) -> None:
+        """Remove the rules ``add_link`` put on *path* (never the policy's own)."""
+        parts = parts_of(path)
+        if self._links.pop(path, None) is None:
+            return
+        for pea in self.peas.values():
+            pea._drop_link(parts)
+
+    def links(self) -> dict:
+        """The link rules, JSON-serialisable:
+        {path: {pea: {"perm": "r", "exec_to": None}}}."""
+        return {path: {pea: {"perm": perm, "exec_to": exec_to}
+                       for pea, (perm, exec_to) in entry.items()}
+                for path, entry in self._links.items()}
+
+    def restore_links(self, data: dict) -> None:
+        """Replace the link rules by *data* (as returned by ``links``).
+
+        Raises ValueError, changing nothing, if *data* names an unknown pea,
+        an unclean path or a malformed permission: the file PeaFS keeps them
+        in lives on disk, so it is input like any other.
+        """
+        if not isinstance(data, dict):
+            raise ValueError("link rules must be a JSON object")
+        checked = []
+        for path, entry in data.items():
+            if not isinstance(path, str):
+                raise ValueError(f"link path {path!r} is not a string")
+            parts = parts_of(path)
+            if not parts:
+                raise ValueError("cannot link onto /")
+            if not isinstance(entry, dict):
+                raise ValueError(f"link rule for {path!r} must be an object")
+            rules = {}
+            for pea, rule in entry.items():
+                if pea not in self.peas:
+                    raise ValueError(f"link rule for {path!r} names unknown pea {pea!r}")
+                if not isinstance(rule, dict) or set(rule) != {"perm", "exec_to"}:
+                    raise ValueError(f"link rule for {path!r} in pea {pea!r} must be "
+                                     '{"perm": ..., "exec_to": ...}')
+                perm, exec_to = rule["perm"], rule["exec_to"]
+                if not isinstance(perm, str) or normal_perm(perm) != perm:
+                    raise ValueError(f"link rule for {path!r} has bad permission {perm!r}")
+                if exec_to is not None and exec_to not in self.peas:
+                    raise ValueError(f"link rule for {path!r} moves to unknown pea {exec_to!r}")
+                rules[pea] = (perm, exec_to)
+            checked.append((path, parts, rules))
+        for path in list(self._links):
+            self.drop_link(path)
+        for path, parts, rules in checked:
+            self._put_link(path, parts, rules)
+
+
+def normal_perm(perm: str) -> str | None:
+    """*perm* in "rwx" order, or None if it has other letters or repeats."""
+    if len(set(perm)) != len(perm) or not set(perm) <= set(PERM_ORDER):
+        return None
+    return "".join(c for c in PERM_ORDER if c in perm)
