@@ -146,10 +146,11 @@ class Checker:
         pod = data.get("pod")
         if pod is None:
             self.bad(("pod",), "missing [pod] table (name and root of the pod)")
-            pod = {}
         else:
-            pod = self.table(pod, ("pod",), POD_KEYS, "[pod]") or {}
+            pod = self.table(pod, ("pod",), POD_KEYS, "[pod]")
         peas = self.peas(data.get("pea"))
+        if pod is None:  # already reported; its keys would only repeat it
+            return None
         fields = self.pod(pod, peas)
         if self.problems:
             return None
@@ -209,6 +210,11 @@ class Checker:
             return None
         if not value:
             self.bad(at, f"{key} is empty: it needs at least the pod's root, like [[0, 100000, 65536]]")
+            return None
+        if all(type(v) is int for v in value):
+            # [0, 100000, 65536]: one entry without the outer brackets.
+            self.bad(at, f"{key} must be an array of [inside, outside, count] entries, "
+                         "like [[0, 100000, 65536]]")
             return None
         if len(value) > MAP_ENTRIES_MAX:
             self.bad(at, f"{key} has {len(value)} entries; the kernel takes at most {MAP_ENTRIES_MAX}")
