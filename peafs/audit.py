@@ -1,0 +1,64 @@
+"""The audit log: one JSON object per line for every refusal.
+
+A line is written with a single write(2) on an O_APPEND descriptor, so lines
+of concurrent writers never interleave and a reader (``peafs audit
+--follow``) never sees half a line. Fields:
+
+    time       ISO 8601 UTC, microseconds
+    pod, pea   the pod; the caller's pea (null: the caller is in no pea)
+    pid        the calling process (thread group id, host pid namespace)
+    uid        the caller's pod (virtual) uid, null if it has none
+    operation  the FUSE operation ("open", "unlink", "exec", ...)
+    path       the pod path refused
+    need       the permission letters that were missing
+    rule       the deciding rule ("/etc/smtpd/"), or why no rule applied
+    kind       "path" | "directory" | "default" | "link" | "barrier"
+    complain   true when the pea is in complain mode (the access went ahead)
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+AUDIT_NAME = "audit.log"
+
+
+class AuditLog:
+    def __init__(self, state_dir: Path, pod: str):
+        self.path = Path(state_dir) / AUDIT_NAME
+        self.pod = pod
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def refusal(self, *, pea: str | None, pid: int, uid: int | None, operation: str,
+                path: str, need: str, rule: str, kind: str, complain: bool = False) -> None:
+        entry = {
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
+            "pod": self.pod, "pea": pea, "pid": pid, "uid": uid,
+            "operation": operation, "path": path, "need": need,
+            "rule": rule, "kind": kind, "complain": complain,
+        }
+        line = json.dumps(entry, ensure_ascii=False, separators=(", ", ": ")) + "\n"
+        try:
+            os.write(self._fd, line.encode("utf-8", "surrogateescape"))
+        except OSError:
+            pass  # a full disk must not turn into a denial of every request
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_entries(path: Path) -> list[dict]:
+    out = []
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out

@@ -1,0 +1,606 @@
+"""PeaFS: the pyfuse3 operations, a pea-checking passthrough to the staging tree.
+
+Design (see docs/ARCHITECTURE.md, "## peafs/"):
+- Every object is reached through the inode table's O_PATH handles with
+  *at() calls or a re-open of /proc/self/fd/N; never through a path string
+  (inodes.py explains why).
+- Every request is checked against the caller's pea (enforce.py) before it
+  touches anything; on-disk ids are translated in ids.py only.
+- Handlers are synchronous under an async shim: each runs to completion in
+  the trio thread, so the table is never seen half-updated and a pea check
+  and the action it guards cannot interleave with another request.
+- Kernel caches are shared by all callers, so we give them only answers that
+  are the same for everyone: names and attributes of ordinary files and
+  directories (long timeouts: the pea check lives in open/create/unlink/...,
+  never in lookup) and file contents (keep_cache). FIFOs and sockets are the
+  exception: the kernel opens and connects them without asking us, so their
+  lookup/getattr answers are per pea (a mode that fails the kernel's own
+  check) with timeouts 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import stat
+import sys
+import traceback
+
+import pyfuse3
+
+from . import syscalls
+from .enforce import path_str
+from .ids import OVERFLOW_ID
+from .inodes import OPEN_PATH, Inode, InodeTable
+
+ERR = pyfuse3.FUSEError
+FMODE_EXEC = 0o40          # the kernel's __FMODE_EXEC in an exec's open flags
+CACHE_TIMEOUT = 300.0      # entry/attr timeout for ordinary objects (seconds)
+DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
+# Only the user.* xattr namespace may be written from a pod: trusted.* and
+# security.* (file capabilities!) written by the daemon, which is real root,
+# would be honoured by the host.
+WRITABLE_XATTR_PREFIX = b"user."
+
+
+def handler(fn):
+    """Run a synchronous handler; OSError -> its errno, a bug -> EIO (the
+    daemon stays up: one bad request must not unmount the pod)."""
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        try:
+            return fn(self, *args)
+        except ERR:
+            raise
+        except OSError as e:
+            raise ERR(e.errno or errno.EIO) from None
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            raise ERR(errno.EIO) from None
+    return wrapper
+
+
+class DirHandle:
+    __slots__ = ("ino", "fd", "names", "pea")
+
+    def __init__(self, ino: Inode, fd: int, pea):
+        self.ino = ino
+        self.fd = fd
+        self.names: list[str] | None = None
+        self.pea = pea
+
+
+class PeaFS(pyfuse3.Operations):
+    # "." and ".." lookups are only for NFS export; without them the kernel
+    # resolves ".." in its own dcache, and at the pod root ".." is the root.
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, root_fd: int, policy, ids, enforcer, links, *, writeback: bool = False):
+        super().__init__()
+        self.table = InodeTable(root_fd)
+        self.policy = policy
+        self.ids = ids
+        self.enf = enforcer
+        self.links = links
+        self.enable_writeback_cache = writeback
+        self.dirs: dict[int, DirHandle] = {}
+        self.open_fds: set[int] = set()
+        self._next_dir = 1
+
+    # -- helpers -----------------------------------------------------------
+
+    def _paths(self, ino: Inode):
+        return self.table.paths(ino)
+
+    def _child_paths(self, parent: Inode, name: str):
+        return [p + (name,) for p in self.table.paths(parent)]
+
+    def _attrs(self, ino: Inode, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino.id
+        a.generation = 0
+        a.st_mode = st.st_mode
+        a.st_nlink = st.st_nlink
+        a.st_uid = self.ids.uid.to_host(st.st_uid)
+        a.st_gid = self.ids.gid.to_host(st.st_gid)
+        a.st_rdev = st.st_rdev
+        a.st_size = st.st_size
+        a.st_blksize = st.st_blksize
+        a.st_blocks = st.st_blocks
+        a.st_atime_ns = st.st_atime_ns
+        a.st_mtime_ns = st.st_mtime_ns
+        a.st_ctime_ns = st.st_ctime_ns
+        if ino.is_special:
+            a.entry_timeout = 0
+            a.attr_timeout = 0
+        else:
+            a.entry_timeout = CACHE_TIMEOUT
+            a.attr_timeout = CACHE_TIMEOUT
+        return a
+
+    def _answer(self, ino: Inode, st: os.stat_result, ctx, pea) -> pyfuse3.EntryAttributes:
+        a = self._attrs(ino, st)
+        if ino.is_special:
+            self._guard_special(a, ino, ctx, pea)
+        return a
+
+    def _guard_special(self, a, ino: Inode, ctx, pea) -> None:
+        """Per-pea attributes of a FIFO or socket.
+
+        Opening a FIFO and connecting to a socket never reach FUSE: the
+        kernel decides from the attributes (default_permissions). A pea
+        lacking r or w gets an answer under which the kernel's own check
+        gives exactly (Unix permission AND pea permission): the owner and
+        group become the unmapped overflow id, so pod root's capabilities
+        (granted only over inodes whose ids are mapped in its namespace)
+        no longer apply, and the "other" bits carry what this caller may do.
+        Timeouts are 0, so the kernel asks again for every caller.
+        """
+        perm = self.enf.granted(pea, self._paths(ino)) if pea is not None else ""
+        if "r" in perm and "w" in perm:
+            return
+        mode = a.st_mode & 0o777
+        vuid = self.ids.uid.to_virtual(ctx.uid)
+        if vuid == 0 and a.st_uid != OVERFLOW_ID and a.st_gid != OVERFLOW_ID:
+            unix = 0o7                                  # pod root: DAC override
+        elif ctx.uid == a.st_uid:
+            unix = (mode >> 6) & 7
+        elif ctx.gid == a.st_gid:
+            unix = (mode >> 3) & 7
+        else:
+            unix = mode & 7
+        want = (4 if "r" in perm else 0) | (2 if "w" in perm else 0)
+        a.st_mode = (a.st_mode & ~0o7777) | (unix & want)
+        a.st_uid = OVERFLOW_ID
+        a.st_gid = OVERFLOW_ID
+
+    def _virtual_ids(self, ctx, parent_st: os.stat_result | None = None):
+        vuid = self.ids.uid.to_virtual(ctx.uid)
+        vgid = self.ids.gid.to_virtual(ctx.gid)
+        if vuid is None or vgid is None:
+            raise ERR(errno.EPERM)
+        if parent_st is not None and parent_st.st_mode & stat.S_ISGID:
+            vgid = -1           # keep the group the set-gid directory gave it
+        return vuid, vgid
+
+    def _adopt(self, parent: Inode, name: str, fd: int) -> tuple[Inode, os.stat_result]:
+        st = os.fstat(fd)
+        return self.table.remember(parent, name, fd, st), st
+
+    def _new_object(self, parent: Inode, name: str, ctx, pea, make):
+        """Create ``parent/name`` with ``make()`` and give it the caller's ids."""
+        vuid, vgid = self._virtual_ids(ctx, os.fstat(parent.fd))
+        make()
+        fd = os.open(name, OPEN_PATH, dir_fd=parent.fd)
+        try:
+            syscalls.fchown_fd(fd, vuid, vgid)
+        except OSError:
+            os.close(fd)
+            raise
+        ino, st = self._adopt(parent, name, fd)
+        return self._answer(ino, st, ctx, pea)
+
+    def _entry_paths(self, parent: Inode, name: str):
+        """Paths of an existing entry: its name here, and every other name
+        its object is known by (hard links: the strictest rule wins)."""
+        paths = self._child_paths(parent, name)
+        ino = self.table.find_child(parent, name)
+        if ino is not None:
+            for p in self._paths(ino):
+                if p not in paths:
+                    paths.append(p)
+        return paths, ino
+
+    @staticmethod
+    def _name(name: bytes) -> str:
+        if b"/" in name or name in (b"", b".", b".."):
+            raise ERR(errno.EINVAL)
+        return os.fsdecode(name)
+
+    # -- lookups and attributes ---------------------------------------------
+
+    @handler
+    def lookup(self, parent_id, name, ctx):
+        pea = self.enf.caller(ctx, "lookup")
+        parent = self.table[parent_id]
+        if name == b"." or (name == b".." and parent is self.table.root):
+            parent.lookups += 1
+            return self._answer(parent, os.fstat(parent.fd), ctx, pea)
+        if name == b"..":
+            raise ERR(errno.ENOENT)   # only NFS export asks; not supported
+        sname = self._name(name)
+        fd = os.open(sname, OPEN_PATH, dir_fd=parent.fd)
+        ino, st = self._adopt(parent, sname, fd)
+        return self._answer(ino, st, ctx, pea)
+
+    async def forget(self, inode_list):
+        for node_id, count in inode_list:
+            self.table.forget(node_id, count)
+
+    @handler
+    def getattr(self, inode_id, ctx):
+        pea = self.enf.caller(ctx, "getattr")
+        ino = self.table[inode_id]
+        return self._answer(ino, os.fstat(ino.fd), ctx, pea)
+
+    @handler
+    def setattr(self, inode_id, attr, fields, fh, ctx):
+        ino = self.table[inode_id]
+        pea = self.enf.check(ctx, "setattr", "w", self._paths(ino))
+        is_link = ino.fmt == stat.S_IFLNK
+        if fields.update_uid or fields.update_gid:
+            vuid = vgid = -1
+            if fields.update_uid:
+                vuid = self.ids.uid.to_virtual(attr.st_uid)
+                if vuid is None:
+                    raise ERR(errno.EPERM)
+            if fields.update_gid:
+                vgid = self.ids.gid.to_virtual(attr.st_gid)
+                if vgid is None:
+                    raise ERR(errno.EPERM)
+            syscalls.fchown_fd(ino.fd, vuid, vgid)
+        if fields.update_mode:
+            if is_link:
+                raise ERR(errno.EOPNOTSUPP)
+            os.chmod(ino.proc_path(), stat.S_IMODE(attr.st_mode))
+        if fields.update_size:
+            if fh is not None and fh in self.open_fds:
+                os.ftruncate(fh, attr.st_size)
+            else:
+                os.truncate(ino.proc_path(), attr.st_size)
+        if fields.update_atime or fields.update_mtime:
+            st = os.fstat(ino.fd)
+            atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+            mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+            if is_link:
+                parent, name = next(iter(ino.links))
+                os.utime(name, ns=(atime, mtime), dir_fd=parent.fd, follow_symlinks=False)
+            else:
+                os.utime(ino.proc_path(), ns=(atime, mtime))
+        return self._answer(ino, os.fstat(ino.fd), ctx, pea)
+
+    @handler
+    def readlink(self, inode_id, ctx):
+        self.enf.caller(ctx, "readlink")
+        ino = self.table[inode_id]
+        return os.readlink(b"", dir_fd=ino.fd)
+
+    # -- creating names ------------------------------------------------------
+
+    @handler
+    def mknod(self, parent_id, name, mode, rdev, ctx):
+        parent = self.table[parent_id]
+        sname = self._name(name)
+        pea = self.enf.check(ctx, "mknod", "w", self._paths(parent))
+        if stat.S_IFMT(mode) in DEVICE_TYPES:
+            raise ERR(errno.EPERM)  # device nodes would reach host devices
+        return self._new_object(parent, sname, ctx, pea,
+                                lambda: os.mknod(sname, mode, 0, dir_fd=parent.fd))
+
+    @handler
+    def mkdir(self, parent_id, name, mode, ctx):
+        parent = self.table[parent_id]
+        sname = self._name(name)
+        pea = self.enf.check(ctx, "mkdir", "w", self._paths(parent))
+        return self._new_object(parent, sname, ctx, pea,
+                                lambda: os.mkdir(sname, mode, dir_fd=parent.fd))
+
+    @handler
+    def symlink(self, parent_id, name, target, ctx):
+        parent = self.table[parent_id]
+        sname = self._name(name)
+        pea = self.enf.check(ctx, "symlink", "w", self._paths(parent))
+        return self._new_object(parent, sname, ctx, pea,
+                                lambda: os.symlink(target, sname, dir_fd=parent.fd))
+
+    @handler
+    def link(self, inode_id, new_parent_id, new_name, ctx):
+        ino = self.table[inode_id]
+        parent = self.table[new_parent_id]
+        sname = self._name(new_name)
+        pea = self.enf.check(ctx, "link", "w", self._paths(parent))
+        old_paths = self._paths(ino)
+        new_path = path_str(self._child_paths(parent, sname)[0])
+        if not old_paths:
+            raise ERR(errno.EACCES)
+        # linkat through the handle's magic link: the object itself, never a
+        # name a pod could have swapped meanwhile.
+        os.link(ino.proc_path(), sname, dst_dir_fd=parent.fd, follow_symlinks=True)
+        try:
+            self.policy.add_link(new_path, path_str(old_paths[0]))
+        except ValueError:
+            # A name the rule engine cannot hold (it refuses e.g. trailing
+            # blanks) must not stay a link without its inherited rule.
+            os.unlink(sname, dir_fd=parent.fd)
+            raise ERR(errno.EACCES) from None
+        self.links.save()
+        fd = os.open(sname, OPEN_PATH, dir_fd=parent.fd)
+        ino2, st = self._adopt(parent, sname, fd)
+        return self._answer(ino2, st, ctx, pea)
+
+    # -- removing and renaming names ----------------------------------------
+
+    def _remove(self, op, parent_id, name, ctx, remove):
+        parent = self.table[parent_id]
+        sname = self._name(name)
+        pea = self.enf.check(ctx, op, "w", self._paths(parent))
+        paths, ino = self._entry_paths(parent, sname)
+        self.enf.check(ctx, op, "w", paths, pea=pea)
+        remove(sname, parent.fd)
+        self.table.unlinked(ino, parent, sname)
+        self._move_link_rules(path_str(paths[0]), None)
+
+    @handler
+    def unlink(self, parent_id, name, ctx):
+        self._remove("unlink", parent_id, name, ctx,
+                     lambda n, fd: os.unlink(n, dir_fd=fd))
+
+    @handler
+    def rmdir(self, parent_id, name, ctx):
+        self._remove("rmdir", parent_id, name, ctx,
+                     lambda n, fd: os.rmdir(n, dir_fd=fd))
+
+    @handler
+    def rename(self, old_parent_id, old_name, new_parent_id, new_name, flags, ctx):
+        op_ = self.table[old_parent_id]
+        np_ = self.table[new_parent_id]
+        oname = self._name(old_name)
+        nname = self._name(new_name)
+        pea = self.enf.check(ctx, "rename", "w", self._paths(op_))
+        self.enf.check(ctx, "rename", "w", self._paths(np_), pea=pea)
+        src_paths, src = self._entry_paths(op_, oname)
+        self.enf.check(ctx, "rename", "w", src_paths, pea=pea)
+        dst_paths, dst = self._entry_paths(np_, nname)
+        try:
+            os.stat(nname, dir_fd=np_.fd, follow_symlinks=False)
+            dst_exists = True
+        except FileNotFoundError:
+            dst_exists = False
+        if dst_exists:
+            # Replacing (or exchanging with) an object is a write to it.
+            self.enf.check(ctx, "rename", "w", dst_paths, pea=pea)
+        if flags:
+            syscalls.renameat2(op_.fd, os.fsencode(oname), np_.fd, os.fsencode(nname), flags)
+        else:
+            os.rename(oname, nname, src_dir_fd=op_.fd, dst_dir_fd=np_.fd)
+        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        if exchange:
+            self.table.renamed(src, op_, oname, np_, nname)
+            self.table.renamed(dst, np_, nname, op_, oname)
+        else:
+            if dst is not None and dst is not src:
+                self.table.unlinked(dst, np_, nname)
+            self.table.renamed(src, op_, oname, np_, nname)
+        self._move_link_rules(path_str(src_paths[0]), path_str(dst_paths[0]), exchange)
+
+    def _move_link_rules(self, old: str, new: str | None, exchange: bool = False) -> None:
+        """Keep hard-link rules attached to their objects when names move.
+
+        ``new`` None: ``old`` was removed. Otherwise ``old`` (and everything
+        below it) now lives at ``new``; what was at ``new`` is gone, or, for
+        an exchange, lives at ``old``.
+        """
+        data = self.policy.links()
+        if not data:
+            return
+
+        def under(p, base):
+            return p == base or p.startswith(base + "/")
+
+        out, changed = {}, False
+        for p, rule in data.items():
+            if under(p, old):
+                changed = True
+                if new is not None:
+                    out[new + p[len(old):]] = rule
+            elif new is not None and under(p, new):
+                changed = True
+                if exchange:
+                    out[old + p[len(new):]] = rule
+            else:
+                out[p] = rule
+        if changed:
+            self.policy.restore_links(out)
+            self.links.save()
+
+    # -- files ----------------------------------------------------------------
+
+    @staticmethod
+    def _need_for(flags: int) -> str:
+        if flags & FMODE_EXEC:
+            return "x"
+        acc = flags & os.O_ACCMODE
+        need = ""
+        if acc in (os.O_RDONLY, os.O_RDWR):
+            need += "r"
+        if acc in (os.O_WRONLY, os.O_RDWR) or flags & os.O_TRUNC:
+            need += "w"
+        return need
+
+    def _real_flags(self, flags: int) -> int:
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | FMODE_EXEC)
+        flags |= os.O_CLOEXEC
+        if self.enable_writeback_cache:
+            # The kernel writes back whole pages and may read to fill them,
+            # and it handles O_APPEND itself from its cached size.
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+            flags &= ~os.O_APPEND
+        return flags
+
+    @handler
+    def open(self, inode_id, flags, ctx):
+        ino = self.table[inode_id]
+        paths = self._paths(ino)
+        op = "exec" if flags & FMODE_EXEC else "open"
+        pea = self.enf.check(ctx, op, self._need_for(flags), paths)
+        if ino.is_special or ino.fmt == stat.S_IFLNK:
+            raise ERR(errno.EACCES)   # never reached: the kernel opens these itself
+        if flags & FMODE_EXEC:
+            self.enf.exec_transition(ctx, pea, paths)
+        fd = os.open(ino.proc_path(), self._real_flags(flags))
+        self.open_fds.add(fd)
+        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+
+    @handler
+    def create(self, parent_id, name, mode, flags, ctx):
+        parent = self.table[parent_id]
+        sname = self._name(name)
+        pea = self.enf.check(ctx, "create", "w", self._paths(parent))
+        self.enf.check(ctx, "create", self._need_for(flags), self._child_paths(parent, sname),
+                       pea=pea)
+        vuid, vgid = self._virtual_ids(ctx, os.fstat(parent.fd))
+        real = self._real_flags(flags) | os.O_NOFOLLOW
+        try:
+            fd = os.open(sname, real | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd)
+            created = True
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            # Created meanwhile by someone else: an open, not a create.
+            fd = os.open(sname, real, dir_fd=parent.fd)
+            created = False
+        try:
+            if created:
+                os.fchown(fd, vuid, vgid)
+            # Follow the magic link (no O_NOFOLLOW): it names the new inode.
+            pfd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            os.close(fd)
+            raise
+        ino, st = self._adopt(parent, sname, pfd)
+        self.open_fds.add(fd)
+        return (pyfuse3.FileInfo(fh=fd, keep_cache=True), self._answer(ino, st, ctx, pea))
+
+    @handler
+    def read(self, fh, off, size):
+        return os.pread(fh, size, off)
+
+    @handler
+    def write(self, fh, off, buf):
+        return os.pwrite(fh, buf, off)
+
+    async def flush(self, fh):
+        pass
+
+    @handler
+    def release(self, fh):
+        if fh in self.open_fds:
+            self.open_fds.discard(fh)
+            os.close(fh)
+
+    @handler
+    def fsync(self, fh, datasync):
+        # Acknowledge only what the staging file system has on disk.
+        (os.fdatasync if datasync else os.fsync)(fh)
+
+    # -- directories ----------------------------------------------------------
+
+    @handler
+    def opendir(self, inode_id, ctx):
+        ino = self.table[inode_id]
+        pea = self.enf.check(ctx, "opendir", "r", self._paths(ino))
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=ino.fd)
+        h = self._next_dir
+        self._next_dir += 1
+        self.dirs[h] = DirHandle(ino, fd, pea)
+        return h
+
+    @handler
+    def readdir(self, fh, start_id, token):
+        h = self.dirs[fh]
+        if start_id == 0 or h.names is None:
+            h.names = os.listdir(h.fd)
+        names = h.names
+        # Offsets 0 and 1 are "." and ".."; the kernel takes no lookup
+        # reference for them, and ".." of the pod root is the root itself.
+        for i in range(start_id, 2):
+            a = self._attrs(h.ino, os.fstat(h.fd))
+            if i == 1 and h.ino is not self.table.root and h.ino.links:
+                a.st_ino = next(iter(h.ino.links))[0].id
+            if not pyfuse3.readdir_reply(token, b"." if i == 0 else b"..", a, i + 1):
+                return
+        for i in range(max(start_id, 2), len(names) + 2):
+            name = names[i - 2]
+            try:
+                fd = os.open(name, OPEN_PATH, dir_fd=h.fd)
+            except FileNotFoundError:
+                continue
+            ino, st = self._adopt(h.ino, name, fd)
+            a = self._attrs(ino, st)
+            if ino.is_special:
+                # No caller context here: the refusing answer, which a
+                # timeout of 0 replaces by the caller's own on next use.
+                a.st_mode &= ~0o7777
+                a.st_uid = a.st_gid = OVERFLOW_ID
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), a, i + 1):
+                self.table.forget(ino.id, 1)
+                break
+
+    @handler
+    def releasedir(self, fh):
+        h = self.dirs.pop(fh, None)
+        if h is not None:
+            os.close(h.fd)
+
+    @handler
+    def fsyncdir(self, fh, datasync):
+        os.fsync(self.dirs[fh].fd)
+
+    @handler
+    def statfs(self, ctx):
+        self.enf.caller(ctx, "statfs")
+        sv = os.statvfs(self.table.root.fd)
+        d = pyfuse3.StatvfsData()
+        for f in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                  "f_files", "f_ffree", "f_favail", "f_namemax"):
+            setattr(d, f, getattr(sv, f))
+        return d
+
+    @handler
+    def access(self, inode_id, mode, ctx):
+        # Only asked without default_permissions; kept for completeness.
+        ino = self.table[inode_id]
+        pea = self.enf.caller(ctx, "access")
+        perm = self.enf.granted(pea, self._paths(ino))
+        need = ("r" if mode & os.R_OK else "") + ("w" if mode & os.W_OK else "")
+        if mode & os.X_OK and not ino.is_dir:
+            need += "x"
+        return all(c in perm for c in need) or pea.complain
+
+    # -- extended attributes --------------------------------------------------
+
+    @handler
+    def getxattr(self, inode_id, name, ctx):
+        ino = self.table[inode_id]
+        self.enf.check(ctx, "getxattr", "r", self._paths(ino))
+        if ino.fmt == stat.S_IFLNK:
+            raise ERR(errno.ENODATA)
+        return os.getxattr(ino.proc_path(), name)
+
+    @handler
+    def listxattr(self, inode_id, ctx):
+        ino = self.table[inode_id]
+        self.enf.caller(ctx, "listxattr")
+        if ino.fmt == stat.S_IFLNK:
+            return []
+        return [os.fsencode(n) for n in os.listxattr(ino.proc_path())]
+
+    def _xattr_write(self, op, inode_id, name, ctx) -> Inode:
+        ino = self.table[inode_id]
+        self.enf.check(ctx, op, "w", self._paths(ino))
+        if not name.startswith(WRITABLE_XATTR_PREFIX) or ino.fmt == stat.S_IFLNK:
+            raise ERR(errno.EPERM)
+        return ino
+
+    @handler
+    def setxattr(self, inode_id, name, value, ctx):
+        ino = self._xattr_write("setxattr", inode_id, name, ctx)
+        os.setxattr(ino.proc_path(), name, value)
+
+    @handler
+    def removexattr(self, inode_id, name, ctx):
+        ino = self._xattr_write("removexattr", inode_id, name, ctx)
+        os.removexattr(ino.proc_path(), name)

@@ -1,0 +1,217 @@
+"""Fixtures for PeaFS tests (need root and /dev/fuse; they never skip).
+
+``peafs_mount`` is a factory:
+
+    m = peafs_mount(policy_toml, root=None, pod=None)
+
+- ``policy_toml`` is a policy, usually only its ``[pea.*]`` tables. The
+  factory supplies what the ``[pod]`` table lacks: ``name`` (a fresh
+  ``t<hex>``, or ``pod``), ``root`` (``root`` if given, else a fresh staging
+  dir under tmp_path), ``uid_map``/``gid_map`` (``[[0, 200000, 65536]]``:
+  pod uid U is host uid 200000 + U) and ``default_pea`` (the first pea).
+  Mounting the same ``root`` again in one test reuses its pod name, so state
+  kept per pod (hard-link rules, the audit log) carries over, as across a
+  daemon restart.
+- the mount point is a fresh directory under a 0755 /tmp/peafs-mnt-* (pytest's
+  own base directory is 0700: pod users could not reach it).
+- the mount is made with ``peafs mount`` (the CLI, with a timeout), with
+  $PEAPOD_RUN set to a directory under tmp_path (also set in os.environ for
+  the test, so ``peafs`` commands the test runs find the mount).
+- the returned ``PeaMount`` has ``.mountpoint``, ``.root``, ``.policy_path``,
+  ``.pod``, ``.state_dir``, ``.run(cmd, pea, user=0, **subprocess_kwargs)``
+  (``peafs run``; capture_output/text default to True, timeout to 60 s),
+  ``.py(code, pea, user=0, *args)`` (``/usr/bin/python3 -c code`` through
+  ``.run``; a pod user cannot traverse /root, where the venv lives),
+  ``.audit() -> list[dict]``, ``.daemon_pid()`` and ``.umount()``.
+- teardown: ``peafs umount``; ``fusermount3 -u -z`` as a last resort; every
+  process left in the pod's cgroups killed; the cgroups removed.
+
+``run_in_pea(pod, pea)`` returns a preexec_fn that puts a subprocess into a
+pea (as host root, no user namespace) for tests that need that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from peafs import cgroup
+
+PY = "/usr/bin/python3"
+PEAFS = [sys.executable, "-m", "peafs"]
+DEFAULT_MAP = "[[0, 200000, 65536]]"
+HOST_BASE = 200000
+
+
+def peafs_cmd(*args) -> list[str]:
+    return PEAFS + [str(a) for a in args]
+
+
+def run_in_pea(pod: str, pea: str):
+    def preexec():
+        cgroup.join(os.getpid(), pod, pea)
+    return preexec
+
+
+def _fill_policy(text: str, name: str, root: Path) -> str:
+    pod_lines = []
+    if not re.search(r"^\s*name\s*=", _pod_table(text), re.M):
+        pod_lines.append(f'name = "{name}"')
+    if not re.search(r"^\s*root\s*=", _pod_table(text), re.M):
+        pod_lines.append(f"root = {json.dumps(str(root))}")
+    if not re.search(r"^\s*uid_map\s*=", _pod_table(text), re.M):
+        pod_lines.append(f"uid_map = {DEFAULT_MAP}")
+    if not re.search(r"^\s*gid_map\s*=", _pod_table(text), re.M):
+        pod_lines.append(f"gid_map = {DEFAULT_MAP}")
+    if not re.search(r"^\s*default_pea\s*=", _pod_table(text), re.M):
+        first = re.search(r"^\s*\[pea\.([A-Za-z0-9_-]+)", text, re.M)
+        if first:
+            pod_lines.append(f'default_pea = "{first.group(1)}"')
+    block = "\n".join(pod_lines) + "\n"
+    if re.search(r"^\s*\[pod\]\s*$", text, re.M):
+        return re.sub(r"^\s*\[pod\]\s*$", lambda m: "[pod]\n" + block.rstrip("\n"), text,
+                      count=1, flags=re.M)
+    return "[pod]\n" + block + "\n" + text
+
+
+def _pod_table(text: str) -> str:
+    m = re.search(r"^\s*\[pod\]\s*$(.*?)(?=^\s*\[|\Z)", text, re.M | re.S)
+    return m.group(1) if m else ""
+
+
+class PeaMount:
+    def __init__(self, pod: str, root: Path, mountpoint: Path, policy_path: Path,
+                 run_dir: Path):
+        self.pod = pod
+        self.root = root
+        self.mountpoint = mountpoint
+        self.policy_path = policy_path
+        self.run_dir = run_dir
+        self.state_dir = run_dir / "peafs" / pod
+        self.mounted = False
+
+    def env(self) -> dict:
+        return {**os.environ, "PEAPOD_RUN": str(self.run_dir)}
+
+    def run(self, cmd, pea: str, user: int = 0, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("timeout", 60)
+        if "stdout" not in kw and "stderr" not in kw:
+            kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("env", self.env())
+        return subprocess.run(peafs_cmd("run", self.mountpoint, "--pea", pea,
+                                        "--user", user, "--", *cmd), **kw)
+
+    def py(self, code: str, pea: str, user: int = 0, *args, **kw) -> subprocess.CompletedProcess:
+        return self.run([PY, "-I", "-S", "-c", code, *map(str, args)], pea, user=user, **kw)
+
+    def audit(self) -> list[dict]:
+        path = self.state_dir / "audit.log"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def daemon_pid(self) -> int | None:
+        try:
+            return json.loads((self.state_dir / "mount.json").read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def umount(self) -> None:
+        if not self.mounted:
+            return
+        subprocess.run(peafs_cmd("umount", self.mountpoint), env=self.env(),
+                       capture_output=True, timeout=60)
+        self.mounted = False
+
+    def cleanup(self) -> None:
+        try:
+            self.umount()
+        finally:
+            with open("/proc/self/mountinfo") as f:
+                still = any(line.split()[4] == str(self.mountpoint) for line in f)
+            if still:
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)],
+                               capture_output=True, timeout=30)
+
+
+def kill_pod(pod: str) -> None:
+    for _ in range(50):
+        pids = cgroup.pids_in(pod)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    try:
+        cgroup.remove_pod(pod)
+    except cgroup.CgroupError:
+        pass
+
+
+@pytest.fixture
+def peafs_mount(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    monkeypatch.setenv("PEAPOD_RUN", str(run_dir))
+    # Mount points live outside tmp_path: pytest's base directory is 0700,
+    # and a pod user (host uid 200000+) must be able to reach its mount.
+    mnt_base = Path(tempfile.mkdtemp(prefix="peafs-mnt-", dir="/tmp"))
+    mnt_base.chmod(0o755)
+    mounts: list[PeaMount] = []
+    names_by_root: dict[str, str] = {}
+    counter = [0]
+
+    def factory(policy_toml: str, root: Path | None = None, pod: str | None = None) -> PeaMount:
+        counter[0] += 1
+        n = counter[0]
+        if root is None:
+            root = tmp_path / f"staging{n}"
+            root.mkdir()
+            root.chmod(0o755)
+        root = Path(root)
+        if pod is None:
+            pod = names_by_root.get(str(root.resolve())) or f"t{os.urandom(5).hex()}"
+        names_by_root[str(root.resolve())] = pod
+        mp = mnt_base / f"mnt{n}"
+        mp.mkdir()
+        policy_path = tmp_path / f"policy{n}.toml"
+        policy_path.write_text(_fill_policy(policy_toml, pod, root))
+        m = PeaMount(pod, root, mp, policy_path, run_dir)
+        r = subprocess.run(peafs_cmd("mount", root, mp, "--policy", policy_path),
+                           env=m.env(), capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise AssertionError(f"peafs mount failed ({r.returncode}): {r.stderr.strip()}")
+        m.mounted = True
+        mounts.append(m)
+        return m
+
+    try:
+        yield factory
+    finally:
+        for m in reversed(mounts):
+            try:
+                m.cleanup()
+            except Exception:  # noqa: BLE001 - every mount gets its chance
+                pass
+        for pod in set(m.pod for m in mounts):
+            kill_pod(pod)
+        still_mounted = False
+        for m in mounts:
+            with open("/proc/self/mountinfo") as f:
+                still_mounted |= any(line.split()[4] == str(m.mountpoint) for line in f)
+        if not still_mounted:
+            shutil.rmtree(mnt_base, ignore_errors=True)
