@@ -1,0 +1,112 @@
+"""Exec: refusals and transitions are decided for the process, not the thread.
+
+- A pea without x on /bin/sh cannot run a shell (EACCES), neither directly nor
+  as the interpreter of a script it may run.
+- FUSE reports the *thread* id of the caller. When a thread other than the
+  main one calls execve, the kernel makes that thread the process leader
+  (its id becomes the process id) and kills the others. A transition keyed by
+  the thread id, or a pea looked up for the thread id alone, would be wrong
+  right after the exec; the program must run in the target pea and read what
+  only that pea may read.
+
+These programs run without entering the pod root (the dynamic loader and libc
+come from the host; the program itself is opened, for exec, through PeaFS).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from helpers_attack import policy, py_cmd, run_py
+
+POLICY = policy('''
+[pea.confined.files]
+"/" = "r"
+"/bin/script" = "rx"
+
+[pea.shell.files]
+"/" = "r"
+"/bin/sh" = "rx"
+
+[pea.a.files]
+"/bin/" = "r"
+"/bin/cat" = "rx"
+
+[pea.a.exec]
+"/bin/cat" = "b"
+
+[pea.b.files]
+"/bin/cat" = "rx"
+"/secret_b" = "r"
+''')
+
+
+def _stage(root, mountpoint):
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/dash", root / "bin" / "sh")
+    shutil.copy("/bin/cat", root / "bin" / "cat")
+    shutil.copy("/bin/cat", root / "bin" / "refused")
+    (root / "bin" / "script").write_text(f"#!{mountpoint}/bin/sh\nexit 3\n")
+    for p in (root / "bin").iterdir():
+        p.chmod(0o755)
+    (root / "secret_b").write_text("B-ONLY")
+
+
+def test_confined_pea_cannot_exec_a_shell(peafs_mount, tmp_path):
+    root = tmp_path / "root"
+    m = peafs_mount(POLICY, root=_mk(root))
+    _stage(root, m.mountpoint)
+    body = r'''
+res = {
+    "sh": attempt(os.execv, MNT + "/bin/sh", ["sh", "-c", "exit 7"]),
+    # the script is rx, but its interpreter is opened for exec too
+    "script": attempt(os.execv, MNT + "/bin/script", ["script"]),
+}
+report(res)
+'''
+    assert run_py(m, "confined", body, enter=False) == {"sh": "EACCES", "script": "EACCES"}
+    # The same exec in a pea with x on /bin/sh runs the shell.
+    proc = m.run([f"{m.mountpoint}/bin/sh", "-c", "exit 7"], "shell",
+                 capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 7, proc.stderr
+
+
+THREAD_EXEC = r'''
+program = ARGS[0]
+before = try_read(MNT + "/secret_b")
+failure = []
+def run():
+    try:
+        os.execv(MNT + program, [program, MNT + "/secret_b"])
+    except OSError as e:
+        failure.append(errno.errorcode[e.errno])
+t = threading.Thread(target=run)
+t.start()
+t.join()
+# Only reached when the exec failed.
+report({"before": before, "exec": failure[0], "after": try_read(MNT + "/secret_b"),
+        "own": attempt(read_file, MNT + "/bin/cat")})
+'''
+
+
+def test_exec_from_a_thread_transitions_the_process(peafs_mount, tmp_path):
+    root = tmp_path / "root"
+    m = peafs_mount(POLICY, root=_mk(root))
+    _stage(root, m.mountpoint)
+    proc = m.run(py_cmd(m.mountpoint, THREAD_EXEC, "/bin/cat", enter=False), "a",
+                 capture_output=True, text=True, timeout=60)
+    # cat replaced the whole process and ran in pea b: it read b's file.
+    assert (proc.returncode, proc.stdout) == (0, "B-ONLY"), proc.stderr
+
+
+def test_exec_refused_from_a_thread_leaves_the_process_in_its_pea(peafs_mount, tmp_path):
+    root = tmp_path / "root"
+    m = peafs_mount(POLICY, root=_mk(root))
+    _stage(root, m.mountpoint)
+    got = run_py(m, "a", THREAD_EXEC, "/bin/refused", enter=False)
+    assert got == {"before": "EACCES", "exec": "EACCES", "after": "EACCES", "own": "OK"}
+
+
+def _mk(root):
+    root.mkdir(parents=True, exist_ok=True)
+    return root
