@@ -26,6 +26,10 @@
 - teardown: ``peafs umount``; ``fusermount3 -u -z`` as a last resort; every
   process left in the pod's cgroups killed; the cgroups removed.
 
+``peafs_module_mount`` is the same factory with module scope (its mounts are
+shared by a module's tests; PEAPOD_RUN is passed to each command, not set in
+os.environ).
+
 ``run_in_pea(pod, pea)`` returns a preexec_fn that puts a subprocess into a
 pea (as host root, no user namespace) for tests that need that.
 """
@@ -162,56 +166,79 @@ def kill_pod(pod: str) -> None:
         pass
 
 
-@pytest.fixture
-def peafs_mount(tmp_path, monkeypatch):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir(exist_ok=True)
-    monkeypatch.setenv("PEAPOD_RUN", str(run_dir))
-    # Mount points live outside tmp_path: pytest's base directory is 0700,
-    # and a pod user (host uid 200000+) must be able to reach its mount.
-    mnt_base = Path(tempfile.mkdtemp(prefix="peafs-mnt-", dir="/tmp"))
-    mnt_base.chmod(0o755)
-    mounts: list[PeaMount] = []
-    names_by_root: dict[str, str] = {}
-    counter = [0]
+class MountFactory:
+    """Makes PeaMounts under one base directory and tears them all down."""
 
-    def factory(policy_toml: str, root: Path | None = None, pod: str | None = None) -> PeaMount:
-        counter[0] += 1
-        n = counter[0]
+    def __init__(self, base: Path):
+        self.base = base
+        self.run_dir = base / "run"
+        self.run_dir.mkdir(exist_ok=True)
+        # Mount points live outside pytest's base directory, which is 0700:
+        # a pod user (host uid 200000+) must be able to reach its mount.
+        self.mnt_base = Path(tempfile.mkdtemp(prefix="peafs-mnt-", dir="/tmp"))
+        self.mnt_base.chmod(0o755)
+        self.mounts: list[PeaMount] = []
+        self.names_by_root: dict[str, str] = {}
+        self.counter = 0
+
+    def __call__(self, policy_toml: str, root: Path | None = None,
+                 pod: str | None = None) -> PeaMount:
+        self.counter += 1
+        n = self.counter
         if root is None:
-            root = tmp_path / f"staging{n}"
+            root = self.base / f"staging{n}"
             root.mkdir()
             root.chmod(0o755)
         root = Path(root)
+        key = str(root.resolve())
         if pod is None:
-            pod = names_by_root.get(str(root.resolve())) or f"t{os.urandom(5).hex()}"
-        names_by_root[str(root.resolve())] = pod
-        mp = mnt_base / f"mnt{n}"
+            pod = self.names_by_root.get(key) or f"t{os.urandom(5).hex()}"
+        self.names_by_root[key] = pod
+        mp = self.mnt_base / f"mnt{n}"
         mp.mkdir()
-        policy_path = tmp_path / f"policy{n}.toml"
+        policy_path = self.base / f"policy{n}.toml"
         policy_path.write_text(_fill_policy(policy_toml, pod, root))
-        m = PeaMount(pod, root, mp, policy_path, run_dir)
+        m = PeaMount(pod, root, mp, policy_path, self.run_dir)
         r = subprocess.run(peafs_cmd("mount", root, mp, "--policy", policy_path),
                            env=m.env(), capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             raise AssertionError(f"peafs mount failed ({r.returncode}): {r.stderr.strip()}")
         m.mounted = True
-        mounts.append(m)
+        self.mounts.append(m)
         return m
 
-    try:
-        yield factory
-    finally:
-        for m in reversed(mounts):
+    def cleanup(self) -> None:
+        for m in reversed(self.mounts):
             try:
                 m.cleanup()
             except Exception:  # noqa: BLE001 - every mount gets its chance
                 pass
-        for pod in set(m.pod for m in mounts):
+        for pod in set(m.pod for m in self.mounts):
             kill_pod(pod)
         still_mounted = False
-        for m in mounts:
-            with open("/proc/self/mountinfo") as f:
-                still_mounted |= any(line.split()[4] == str(m.mountpoint) for line in f)
+        with open("/proc/self/mountinfo") as f:
+            points = {line.split()[4] for line in f}
+        for m in self.mounts:
+            still_mounted |= str(m.mountpoint) in points
         if not still_mounted:
-            shutil.rmtree(mnt_base, ignore_errors=True)
+            shutil.rmtree(self.mnt_base, ignore_errors=True)
+
+
+@pytest.fixture
+def peafs_mount(tmp_path, monkeypatch):
+    factory = MountFactory(tmp_path)
+    monkeypatch.setenv("PEAPOD_RUN", str(factory.run_dir))
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture(scope="module")
+def peafs_module_mount(tmp_path_factory):
+    """The same factory, for mounts shared by a whole test module."""
+    factory = MountFactory(tmp_path_factory.mktemp("peafs"))
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
