@@ -1,0 +1,560 @@
+"""The per-pod daemon: owns one pod from `pod start` to `pod stop`.
+
+``python -m pods.daemon --policy FILE --ready-fd N --lock-fd N`` is started by
+`pod start` (pods/lifecycle_cmd.py) in a new session. It holds the pod's
+lock for its whole life (liveness = the flock, see pods/runtime.py) and:
+
+1. enters its own mount namespace (slave of the host's: host unmounts reach
+   it, its mounts never reach the host);
+2. creates the pea cgroups and the limit cgroups (pods/limits.py);
+3. binds the policy's host directories into the staging tree (read-only
+   unless rw) and mounts PeaFS on $PEAPOD_RUN/pods/NAME/mnt;
+4. starts the pod (pods/init.py): answers the keeper's handshake by writing
+   the id maps (only host root may map ranges), moving it into the default
+   pea and adding the veth; keeps a pidfd of the pod's pid 1;
+5. serves, in one trio nursery: PeaFS, the seccomp-notify supervisor
+   (pods/supervisor.py, when present) and the control socket
+   (pods/control.py); each `pod exec` spawns a tagger (pods/tagger.py);
+6. starts the policy's ``init`` program through the tagger and tells
+   `pod start` "ok" through the ready pipe;
+7. when pid 1 ends or `pod stop` asks: TERM to pid 1 (which forwards it to
+   every pod process), SIGKILL through cgroup.kill after the timeout, then
+   unmounts, removes cgroups, the veth and every runtime file, and exits.
+
+The daemon never forks to run Python: children are started with
+subprocess (fork+exec) from the trio thread, which lives as long as the
+daemon, so PR_SET_PDEATHSIG in the keeper fires exactly when the daemon dies.
+It never touches the PeaFS mount itself (it serves it: a synchronous access
+from this thread would deadlock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import trio
+
+import rules
+from peafs import cgroup
+from pods import control, limits, netns, rootfs, runtime
+from pods import namespaces as ns
+
+try:  # helper E's seccomp-notify supervisor; absent while it is being written
+    from pods.supervisor import Supervisor
+except ImportError:  # pragma: no cover
+    Supervisor = None
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child_env() -> dict:
+    """Environment of our Python children: nothing of the caller's but what
+    the interpreter needs to find this package."""
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO),
+            "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+class StartError(Exception):
+    """A failure to start the pod, reported to `pod start` as one line."""
+
+
+def _mapped(ranges, ident: int) -> bool:
+    return any(r.inside <= ident < r.inside + r.count for r in ranges)
+
+
+class PodDaemon:
+    def __init__(self, policy, *, bind_root: bool = False, stop_timeout: float = 5.0):
+        self.policy = policy
+        self.name = policy.name
+        self.dir = runtime.pod_dir(self.name)
+        self.mnt = self.dir / "mnt"
+        self.bind_root = bind_root
+        self.stop_timeout = stop_timeout
+        self.session = None  # PeaFSSession
+        self.supervisor = None
+        self.keeper: subprocess.Popen | None = None
+        self.init_pid: int | None = None
+        self.init_pidfd: int | None = None
+        self.veth: str | None = None
+        self.stop_event: trio.Event | None = None
+        self.active_execs = 0
+        self.state: dict = {}
+        self.cgroup_files: dict[str, list[str]] = {}
+
+    # ---------------------------------------------------------- setup (sync)
+
+    def setup_host(self) -> None:
+        """Steps 1-3, before trio starts (unshare needs a single thread)."""
+        ns.unshare(ns.CLONE_NEWNS)
+        ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
+        try:
+            cgroup.ensure_peas(self.name, self.policy.peas)
+            limits.setup(self.name, self.policy.limits.memory, self.policy.limits.pids)
+        except (cgroup.CgroupError, limits.LimitError, OSError) as e:
+            raise StartError(f"cgroups: {e}") from e
+        v1 = [str(d / "cgroup.procs") for d in limits.v1_dirs(self.name)]
+        for pea in self.policy.peas:
+            self.cgroup_files[pea] = [str(cgroup.pea_cgroup(self.name, pea) / "cgroup.procs"), *v1]
+        self.cgroup_files[""] = [str(cgroup.pod_cgroup(self.name) / "cgroup.procs"), *v1]
+        try:
+            rootfs.prepare_staging(self.policy.root, self.policy.mounts)
+            rootfs.place_host_mounts(self.policy.root, self.policy.mounts)
+        except OSError as e:
+            raise StartError(f"staging directory {self.policy.root}: {e.strerror or e}") from e
+        self.mnt.mkdir(mode=0o700, exist_ok=True)
+        if self.bind_root:
+            rootfs.bind_pod_root(self.policy.root, self.mnt)
+        else:
+            from peafs.session import PeaFSSession
+
+            self.session = PeaFSSession(self.policy.root, self.mnt, self.policy,
+                                        self.dir / "peafs")
+            try:
+                self.session.mount()
+            except Exception as e:  # noqa: BLE001 - reported as a start failure
+                raise StartError(f"PeaFS mount on {self.mnt}: {e}") from e
+
+    # --------------------------------------------------------- the pod (async)
+
+    async def start_pod(self) -> None:
+        """Step 4: the keeper handshake (see pods/init.py)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pts_gid = 5 if _mapped(self.policy.gid_map, 5) else -1
+        root_uid = 0 if _mapped(self.policy.uid_map, 0) else self.policy.uid_map[0].inside
+        root_gid = 0 if _mapped(self.policy.gid_map, 0) else self.policy.gid_map[0].inside
+        cmd = [sys.executable, "-m", "pods.init", "--sync", str(theirs.fileno()),
+               "--daemon-pid", str(os.getpid()), "--root", str(self.mnt),
+               "--hostname", self.policy.hostname, "--pts-gid", str(pts_gid),
+               "--root-uid", str(root_uid), "--root-gid", str(root_gid)]
+        for f in self.cgroup_files[""]:
+            cmd += ["--cgroup", f]
+        self.keeper = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=child_env(),
+                                       stdin=subprocess.DEVNULL, cwd="/")
+        theirs.close()
+        sock = trio.socket.from_stdlib_socket(mine)
+        with trio.fail_after(30):
+            msg = await self._expect(sock)
+            if msg != "unshared":
+                raise StartError(f"pod setup: {msg}")
+            pid = self.keeper.pid
+            try:
+                # Only a process with CAP_SETUID/CAP_SETGID over the parent
+                # namespace may map ranges of ids: that is us, not the pod.
+                Path(f"/proc/{pid}/uid_map").write_text(_map_lines(self.policy.uid_map))
+                Path(f"/proc/{pid}/gid_map").write_text(_map_lines(self.policy.gid_map))
+            except OSError as e:
+                raise StartError(f"writing the id maps: {e.strerror}") from e
+            # The keeper unshared its cgroup namespace at the pod's cgroup;
+            # now it (and pid 1 after it) belongs to the default pea.
+            cgroup.join(pid, self.name, self.policy.default_pea)
+            if self.policy.net is not None:
+                try:
+                    self.veth = netns.add_veth(self.name, pid, self.policy.net)
+                except OSError as e:
+                    raise StartError(f"network: {e}") from e
+            await sock.send(b"go")
+            got_init = got_ready = False
+            while not (got_init and got_ready):
+                msg = await self._expect(sock)
+                if msg.startswith("init "):
+                    self.init_pid = int(msg.split()[1])
+                    self.init_pidfd = os.pidfd_open(self.init_pid)
+                    got_init = True
+                elif msg == "ready":
+                    got_ready = True
+                else:
+                    raise StartError(f"pod setup: {msg}")
+        sock.close()
+        # pid reuse guard: the pidfd must name pid 1 of the keeper's pid namespace.
+        if _ns_pid(self.init_pid) != 1 or _ppid(self.init_pid) != pid:
+            raise StartError("pod setup: pid 1 vanished")
+
+    async def _expect(self, sock) -> str:
+        data = await sock.recv(4096)
+        if not data:
+            code = self.keeper.poll() if self.keeper else None
+            raise StartError(f"pod setup: the pod's first process exited (status {code}); "
+                             f"see {self.dir / 'daemon.log'}")
+        return data.decode(errors="replace").strip()
+
+    # ------------------------------------------------------------------ exec
+
+    def check_exec(self, pea: str | None, uid: int | None) -> tuple[str, int, int]:
+        pea = pea or self.policy.default_pea
+        if pea not in self.policy.peas:
+            raise ValueError(f"pod {self.name} has no pea {pea!r}")
+        uid = 0 if uid is None else int(uid)
+        if not _mapped(self.policy.uid_map, uid):
+            raise ValueError(f"uid {uid} is not mapped in pod {self.name}")
+        gid = uid if _mapped(self.policy.gid_map, uid) else self.policy.gid_map[0].inside
+        return pea, uid, gid
+
+    async def run_tagger(self, argv, pea, uid, gid, stdio, *, tty=False, winsize=None,
+                         term="", client=None) -> dict:
+        """Spawn a tagger for argv, relay its messages; return the final one
+        ({"exit": ...} or {"error": ...})."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cmd = [sys.executable, "-m", "pods.tagger", "--pidfd", str(self.init_pidfd),
+               "--ctl", str(theirs.fileno()), "--uid", str(uid), "--gid", str(gid)]
+        for f in self.cgroup_files[pea]:
+            cmd += ["--cgroup", f]
+        if self.supervisor is not None:
+            cmd.append("--notify")
+        if tty:
+            rows, cols = (winsize or (0, 0))[:2]
+            cmd += ["--pty", "--rows", str(int(rows)), "--cols", str(int(cols)),
+                    "--term", str(term or "")]
+        cmd += ["--", *argv]
+        try:
+            proc = subprocess.Popen(cmd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+                                    pass_fds=[self.init_pidfd, theirs.fileno()],
+                                    env=child_env(), cwd="/")
+        finally:
+            theirs.close()
+        proc_pidfd = os.pidfd_open(proc.pid)
+        tsock = trio.socket.from_stdlib_socket(mine)
+        final: dict = {"error": "the tagger died", "status": 126}
+        try:
+            async with trio.open_nursery() as nursery:
+                if client is not None:
+                    nursery.start_soon(self._client_to_tagger, client, tsock)
+                while True:
+                    msg, fds = await control.arecv_msg(tsock)
+                    if msg is None:
+                        break
+                    if msg.get("listener"):
+                        ok = self._add_listener(fds)
+                        await control.asend_msg(tsock, {"ok": ok})
+                        continue
+                    for fd in fds:
+                        os.close(fd)
+                    if "started" in msg:
+                        if client is not None:
+                            await control.asend_msg(client, msg)
+                        continue
+                    if "exit" in msg or "error" in msg:
+                        final = msg
+                        break
+                nursery.cancel_scope.cancel()
+        finally:
+            tsock.close()
+            await trio.lowlevel.wait_readable(proc_pidfd)
+            os.close(proc_pidfd)
+            proc.wait()
+        return final
+
+    def _add_listener(self, fds: list[int]) -> bool:
+        if not fds:
+            return False
+        if self.supervisor is None:
+            # No supervisor: nobody would answer the notifications, so
+            # mediated calls would hang. Refuse to start the command.
+            for fd in fds:
+                os.close(fd)
+            return False
+        for fd in fds[1:]:
+            os.close(fd)
+        self.supervisor.add_listener(fds[0])
+        return True
+
+    async def _client_to_tagger(self, client, tsock) -> None:
+        while True:
+            try:
+                msg, fds = await control.arecv_msg(client)
+            except OSError:
+                return
+            for fd in fds:
+                os.close(fd)
+            if msg is None:
+                return
+            if msg.get("op") == "signal":
+                await control.asend_msg(tsock, {"signal": int(msg.get("sig", 15))})
+            elif msg.get("op") == "winsize":
+                await control.asend_msg(tsock, {"winsize": [int(msg["rows"]), int(msg["cols"])]})
+
+    async def handle_client(self, conn) -> None:
+        fds: list[int] = []
+        try:
+            msg, fds = await control.arecv_msg(conn)
+            if msg is None:
+                return
+            op = msg.get("op")
+            if op == "ping":
+                await control.asend_msg(conn, {"ok": True, "name": self.name,
+                                               "init_pid": self.init_pid})
+            elif op == "stop":
+                self.stop_timeout = float(msg.get("timeout", self.stop_timeout))
+                await control.asend_msg(conn, {"ok": True})
+                self.stop_event.set()
+            elif op == "exec":
+                await self._exec(conn, msg, fds)
+            else:
+                await control.asend_msg(conn, {"error": f"unknown op {op!r}", "status": 2})
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            conn.close()
+
+    async def _exec(self, conn, msg, fds) -> None:
+        self.active_execs += 1
+        try:
+            await self._exec_inner(conn, msg, fds)
+        finally:
+            self.active_execs -= 1
+
+    async def _exec_inner(self, conn, msg, fds) -> None:
+        argv = msg.get("argv")
+        if (not isinstance(argv, list) or not argv
+                or not all(isinstance(a, str) for a in argv) or len(fds) != 3):
+            await control.asend_msg(conn, {"error": "exec needs argv and 3 fds", "status": 2})
+            return
+        try:
+            pea, uid, gid = self.check_exec(msg.get("pea"), msg.get("uid"))
+        except (ValueError, TypeError) as e:
+            await control.asend_msg(conn, {"error": str(e), "status": 2})
+            return
+        final = await self.run_tagger(argv, pea, uid, gid, fds, tty=bool(msg.get("tty")),
+                                      winsize=msg.get("winsize"), term=msg.get("term", ""),
+                                      client=conn)
+        await control.asend_msg(conn, final)
+
+    async def run_policy_init(self) -> None:
+        log = os.open(self.dir / "init.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                      0o600)
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            final = await self.run_tagger(list(self.policy.init), self.policy.default_pea,
+                                          0, 0, [null, log, log])
+        finally:
+            os.close(log)
+            os.close(null)
+        print(f"pod {self.name}: init {list(self.policy.init)} ended: {final}", file=sys.stderr)
+
+    # ----------------------------------------------------------------- serve
+
+    async def serve(self, ready_fd: int) -> None:
+        self.stop_event = trio.Event()
+        listener = None
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.session is not None:
+                    nursery.start_soon(self.session.serve)
+                await self.start_pod()
+                if Supervisor is not None:
+                    self.supervisor = Supervisor(self.name, self.policy)
+                    nursery.start_soon(self.supervisor.serve)
+                listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                path = self.dir / "control"
+                await listener.bind(str(path))
+                os.chmod(path, 0o600)
+                listener.listen(64)
+                nursery.start_soon(self._accept, listener, nursery)
+                self.state.update(init_pid=self.init_pid, keeper_pid=self.keeper.pid,
+                                  veth=self.veth, state="running")
+                runtime.write_state(self.name, self.state)
+                if self.policy.init:
+                    nursery.start_soon(self.run_policy_init)
+                _report(ready_fd, "ok")
+                ready_fd = -1
+                nursery.start_soon(self._watch_init)
+                nursery.start_soon(self._watch_signals)
+                await self.stop_event.wait()
+                self.state["state"] = "stopping"
+                runtime.write_state(self.name, self.state)
+                await self.stop_processes()
+                # Let `pod exec` callers hear how their command ended.
+                with trio.move_on_after(2):
+                    while self.active_execs:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        except BaseException as group:
+            e = _leaf(group)
+            if ready_fd >= 0:
+                msg = str(e) if isinstance(e, StartError) else f"{type(e).__name__}: {e}"
+                if isinstance(e, trio.TooSlowError):
+                    msg = "pod setup timed out"
+                _report(ready_fd, f"error {msg}")
+                ready_fd = -1
+            if not isinstance(e, (StartError, trio.TooSlowError, trio.Cancelled)):
+                traceback.print_exception(group)
+            await self.stop_processes()
+        finally:
+            if listener is not None:
+                listener.close()
+
+    async def _accept(self, listener, nursery) -> None:
+        while True:
+            conn, _ = await listener.accept()
+            nursery.start_soon(self.handle_client, conn)
+
+    async def _watch_signals(self) -> None:
+        # `kill DAEMON` (TERM, INT, HUP) means an orderly `pod stop`.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for _ in sigs:
+                self.stop_event.set()
+
+    async def _watch_init(self) -> None:
+        await trio.lowlevel.wait_readable(self.init_pidfd)
+        self.stop_event.set()
+
+    async def stop_processes(self) -> None:
+        """TERM to pid 1, which forwards it; SIGKILL to all after the timeout."""
+        if self.init_pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.init_pidfd, signal.SIGTERM)
+            except OSError:
+                pass
+            with trio.move_on_after(self.stop_timeout):
+                await trio.lowlevel.wait_readable(self.init_pidfd)
+        limits.kill_all(self.name)
+        if self.keeper is not None:
+            with trio.move_on_after(self.stop_timeout):
+                while self.keeper.poll() is None:
+                    await trio.sleep(0.02)
+            if self.keeper.poll() is None:
+                self.keeper.kill()
+                self.keeper.wait()
+        with trio.move_on_after(10):
+            while cgroup.pids_in(self.name) or limits.v1_pids(self.name):
+                limits.kill_all(self.name)
+                await trio.sleep(0.02)
+
+    # --------------------------------------------------------------- cleanup
+
+    def cleanup(self) -> None:
+        """Everything the pod left: mounts, cgroups, veth, runtime files."""
+        if self.session is not None:
+            try:
+                self.session.close()
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
+        try:
+            ns.umount2(str(self.mnt), ns.MNT_DETACH)
+        except OSError:
+            pass
+        cleanup_leftovers(self.name)
+
+
+def cleanup_leftovers(name: str) -> list[str]:
+    """Remove what a pod of this name may have left (also used by `pod stop`
+    and `pod start` for a pod whose daemon died). Returns problems."""
+    problems = []
+    limits.kill_all(name)
+    deadline = time.monotonic() + 5
+    while (cgroup.pids_in(name) or limits.v1_pids(name)) and time.monotonic() < deadline:
+        limits.kill_all(name)
+        time.sleep(0.02)
+    for what, fn in (("cgroups", lambda: cgroup.remove_pod(name)),
+                     ("limit cgroups", lambda: limits.remove(name)),
+                     ("veth", lambda: netns.del_veth(name))):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{what}: {e}")
+    d = runtime.pod_dir(name)
+    mnt = d / "mnt"
+    if os.path.ismount(mnt):  # only if someone mounted it in our namespace
+        try:
+            ns.umount2(str(mnt), ns.MNT_DETACH)
+        except OSError:
+            pass
+    shutil.rmtree(d, ignore_errors=True)
+    return problems
+
+
+def _leaf(e: BaseException) -> BaseException:
+    """The first real exception inside (nested) exception groups."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return e
+
+
+def _map_lines(ranges) -> str:
+    return "".join(f"{r.inside} {r.outside} {r.count}\n" for r in ranges)
+
+
+def _status_field(pid: int, field: str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def _ns_pid(pid: int) -> int | None:
+    v = _status_field(pid, "NSpid")
+    return int(v.split()[-1]) if v else None
+
+
+def _ppid(pid: int) -> int | None:
+    v = _status_field(pid, "PPid")
+    return int(v) if v else None
+
+
+def _report(fd: int, text: str) -> None:
+    try:
+        os.write(fd, (text.replace("\n", " ") + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pods.daemon")
+    p.add_argument("--policy", required=True)
+    p.add_argument("--ready-fd", type=int, required=True)
+    p.add_argument("--lock-fd", type=int, required=True)
+    p.add_argument("--bind-root", action="store_true",
+                   help="test only: a bind mount of the staging dir instead of PeaFS")
+    args = p.parse_args(argv)
+    os.set_inheritable(args.lock_fd, False)
+    os.set_inheritable(args.ready_fd, False)
+    try:
+        policy = rules.load(args.policy)
+    except rules.PolicyError as e:
+        _report(args.ready_fd, f"error {e}")
+        return 2
+    daemon = PodDaemon(policy, bind_root=args.bind_root)
+    daemon.state = {"name": policy.name, "policy": str(Path(args.policy).resolve()),
+                    "root": str(policy.root), "daemon_pid": os.getpid(),
+                    "uid_map": [list(r) for r in policy.uid_map],
+                    "gid_map": [list(r) for r in policy.gid_map],
+                    "peas": list(policy.peas), "default_pea": policy.default_pea,
+                    "pod_root": "bind" if args.bind_root else "peafs",
+                    "started": time.time(), "state": "starting"}
+    runtime.write_state(policy.name, daemon.state)
+    code = 0
+    try:
+        daemon.setup_host()
+        trio.run(daemon.serve, args.ready_fd)
+    except StartError as e:
+        _report(args.ready_fd, f"error {e}")
+        code = 1
+    except BaseException as e:  # noqa: BLE001
+        _report(args.ready_fd, f"error {type(e).__name__}: {e}")
+        traceback.print_exc()
+        code = 1
+    finally:
+        daemon.cleanup()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,438 @@
+"""`pod start | exec | ps | list | stop`: the pod lifecycle commands.
+
+`pod start` checks everything it can before anything exists (policy, root,
+host directories, name, id ranges), under $PEAPOD_RUN/start.lock so two
+starts cannot both pass the checks, then starts the pod's daemon
+(pods/daemon.py) and waits for its "ok". The other commands talk to the
+daemon's control socket (pods/control.py) or read the kernel's view
+(cgroups, /proc) directly, so `pod list` and `pod ps` work from any shell.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+import tty
+from pathlib import Path
+
+import rules
+from pods import control, runtime
+
+EXIT_USAGE = 2
+
+
+def _err(msg: str) -> None:
+    print(f"pod: {msg}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ start
+
+def _overlap(a, b) -> bool:
+    """Do two id-map range lists overlap on the host side?"""
+    return any(x[1] < y[1] + y[2] and y[1] < x[1] + x[2] for x in a for y in b)
+
+
+def _start_checks(policy) -> str | None:
+    root = Path(policy.root)
+    if not root.is_dir():
+        return f"root {root} does not exist or is not a directory"
+    for m in policy.mounts:
+        if not Path(m.host).is_dir():
+            return f"host directory {m.host} (for {m.path}) does not exist"
+    if runtime.is_alive(policy.name):
+        return f"pod {policy.name} is already running"
+    mine_u = [list(r) for r in policy.uid_map]
+    mine_g = [list(r) for r in policy.gid_map]
+    for other in runtime.pod_names():
+        if other == policy.name or not runtime.is_alive(other):
+            continue
+        st = runtime.read_state(other) or {}
+        if _overlap(mine_u, st.get("uid_map", [])) or _overlap(mine_g, st.get("gid_map", [])):
+            return (f"the id ranges of pod {policy.name} overlap those of running pod "
+                    f"{other}: pods must not share host ids")
+    return None
+
+
+def cmd_start(args) -> int:
+    try:
+        policy = rules.load(args.policy)
+    except rules.PolicyError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        _err(f"{args.policy}: {e.strerror}")
+        return EXIT_USAGE
+    from pods.daemon import cleanup_leftovers
+
+    base = runtime.run_dir()
+    (base / "pods").mkdir(parents=True, exist_ok=True)
+    os.chmod(base / "pods", 0o700)
+    lock = os.open(base / "start.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    _err("another `pod start` holds the start lock")
+                    return 1
+                time.sleep(0.05)
+        problem = _start_checks(policy)
+        if problem:
+            _err(problem)
+            return EXIT_USAGE
+        d = runtime.pod_dir(policy.name)
+        if d.exists():  # a dead pod of this name: clear what it left
+            cleanup_leftovers(policy.name)
+        d.mkdir(mode=0o700)
+        return _spawn_daemon(policy, args, d)
+    finally:
+        os.close(lock)
+
+
+def _spawn_daemon(policy, args, d: Path) -> int:
+    from pods.daemon import child_env, cleanup_leftovers
+
+    pod_lock = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(pod_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    ready_r, ready_w = os.pipe()
+    log = os.open(d / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    cmd = [sys.executable, "-m", "pods.daemon", "--policy", str(Path(args.policy).resolve()),
+           "--ready-fd", str(ready_w), "--lock-fd", str(pod_lock)]
+    if getattr(args, "bind_root", False):
+        cmd.append("--bind-root")
+    env = child_env()
+    env["PEAPOD_RUN"] = str(runtime.run_dir())
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                pass_fds=[ready_w, pod_lock], start_new_session=True,
+                                env=env, cwd="/")
+    finally:
+        os.close(ready_w)
+        os.close(log)
+        os.close(pod_lock)  # the daemon's copy keeps the lock
+    answer = b""
+    deadline = time.monotonic() + args.timeout
+    import select
+
+    while not answer.endswith(b"\n") and time.monotonic() < deadline:
+        r, _, _ = select.select([ready_r], [], [], max(0.0, deadline - time.monotonic()))
+        if not r:
+            break
+        chunk = os.read(ready_r, 4096)
+        if not chunk:
+            break
+        answer += chunk
+    os.close(ready_r)
+    text = answer.decode(errors="replace").strip()
+    if text == "ok":
+        print(policy.name)
+        return 0
+    if not text:
+        proc.kill()
+        text = "the pod's daemon did not report in time" if proc.poll() is None else \
+            f"the pod's daemon exited (see its log)"
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log_text = ""
+    try:
+        log_text = (d / "daemon.log").read_text().strip()
+    except OSError:
+        pass
+    cleanup_leftovers(policy.name)
+    _err(f"cannot start pod {policy.name}: {text.removeprefix('error ')}")
+    if log_text and os.environ.get("PEAPOD_DEBUG"):
+        print(log_text, file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ------------------------------------------------------------------ exec
+
+def _connect(name: str) -> socket.socket | None:
+    try:
+        path = runtime.pod_dir(name) / "control"
+    except ValueError as e:
+        _err(str(e))
+        return None
+    if not runtime.is_alive(name):
+        _err(f"pod {name} is not running")
+        return None
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(str(path))
+    except OSError as e:
+        s.close()
+        _err(f"pod {name}: cannot reach its daemon: {e.strerror}")
+        return None
+    return s
+
+
+def _winsize(fd: int) -> list[int]:
+    try:
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+        return [rows, cols]
+    except OSError:
+        return [0, 0]
+
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+
+
+def cmd_exec(args) -> int:
+    argv = list(args.cmd)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        _err("exec: no command given")
+        return EXIT_USAGE
+    s = _connect(args.name)
+    if s is None:
+        return EXIT_USAGE
+    is_tty = os.isatty(0)
+    msg = {"op": "exec", "argv": argv, "pea": args.pea, "uid": args.user, "tty": is_tty,
+           "winsize": _winsize(0) if is_tty else None, "term": os.environ.get("TERM", "")}
+    saved = None
+    old_handlers = {}
+    try:
+        control.send_msg(s, msg, [0, 1, 2])
+        if is_tty:
+            saved = termios.tcgetattr(0)
+            tty.setraw(0)
+
+        def forward(signum, _frame):
+            try:
+                control.send_msg(s, {"op": "signal", "sig": signum})
+            except OSError:
+                pass
+
+        def resize(_signum, _frame):
+            rows, cols = _winsize(0)
+            try:
+                control.send_msg(s, {"op": "winsize", "rows": rows, "cols": cols})
+            except OSError:
+                pass
+
+        for sig in FORWARDED:
+            old_handlers[sig] = signal.signal(sig, forward)
+        if is_tty:
+            old_handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, resize)
+        while True:
+            try:
+                reply, fds = control.recv_msg(s)
+            except InterruptedError:
+                continue
+            for fd in fds:
+                os.close(fd)
+            if reply is None:
+                _err(f"pod {args.name}: the daemon closed the connection")
+                return 125
+            if "error" in reply:
+                if saved is not None:
+                    termios.tcsetattr(0, termios.TCSADRAIN, saved)
+                    saved = None
+                _err(f"exec {argv[0]}: {reply['error']}")
+                return int(reply.get("status", 126))
+            if "exit" in reply:
+                return int(reply["exit"])
+    finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        s.close()
+
+
+# ------------------------------------------------------------------ ps / list
+
+def _status(pid: int) -> dict:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                out[k] = v.strip()
+    except OSError:
+        pass
+    return out
+
+
+def _to_pod_id(host_id: int, ranges) -> int | None:
+    for inside, outside, count in ranges:
+        if outside <= host_id < outside + count:
+            return inside + host_id - outside
+    return None
+
+
+def pod_processes(name: str) -> list[dict]:
+    """The pod's processes as seen from the host: only those in the pod's pid
+    namespace (the keeper and tagger monitors are on the host side)."""
+    from peafs import cgroup
+
+    st = runtime.read_state(name) or {}
+    init_pid = st.get("init_pid")
+    if not init_pid:
+        return []
+    try:
+        pidns = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
+    except OSError:
+        return []
+    rows = []
+    for pid in sorted(set(cgroup.pids_in(name))):
+        try:
+            if os.stat(f"/proc/{pid}/ns/pid").st_ino != pidns:
+                continue
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        status = _status(pid)
+        nspid = status.get("NSpid", "").split()
+        uid_host = int(status.get("Uid", "-1").split()[0]) if status.get("Uid") else -1
+        argv = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+        rows.append({
+            "vpid": int(nspid[-1]) if nspid else None,
+            "pid": pid,
+            "pea": cgroup.pea_of(pid, name),
+            "uid": _to_pod_id(uid_host, st.get("uid_map", [])),
+            "command": " ".join(argv) or f"[{status.get('Name', '?')}]",
+        })
+    rows.sort(key=lambda r: (r["vpid"] is None, r["vpid"]))
+    return rows
+
+
+def _table(rows: list[dict], cols: list[str]) -> None:
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def cmd_ps(args) -> int:
+    try:
+        runtime.pod_dir(args.name)
+    except ValueError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if not runtime.is_alive(args.name):
+        _err(f"pod {args.name} is not running")
+        return EXIT_USAGE
+    rows = pod_processes(args.name)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        _table(rows, ["vpid", "pid", "pea", "uid", "command"])
+    return 0
+
+
+def cmd_list(args) -> int:
+    rows = []
+    for name in runtime.pod_names():
+        st = runtime.read_state(name) or {}
+        alive = runtime.is_alive(name)
+        rows.append({
+            "name": name,
+            "state": (st.get("state", "starting") if alive else "dead"),
+            "peas": st.get("peas", []),
+            "processes": len(pod_processes(name)) if alive else 0,
+        })
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        _table([dict(r, peas=",".join(r["peas"])) for r in rows],
+               ["name", "state", "peas", "processes"])
+    return 0
+
+
+# ------------------------------------------------------------------ stop
+
+def cmd_stop(args) -> int:
+    from pods.daemon import cleanup_leftovers
+
+    try:
+        d = runtime.pod_dir(args.name)
+    except ValueError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if not d.exists():
+        _err(f"pod {args.name} is not running")
+        return EXIT_USAGE
+    if runtime.is_alive(args.name):
+        s = _connect(args.name)
+        if s is not None:
+            try:
+                control.send_msg(s, {"op": "stop", "timeout": args.timeout})
+                control.recv_msg(s)
+            except OSError:
+                pass
+            finally:
+                s.close()
+        deadline = time.monotonic() + args.timeout + 30
+        while runtime.is_alive(args.name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if runtime.is_alive(args.name):
+            st = runtime.read_state(args.name) or {}
+            pid = st.get("daemon_pid")
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)  # the pod dies with it (PDEATHSIG chain)
+                except OSError:
+                    pass
+            time.sleep(0.2)
+    problems = cleanup_leftovers(args.name)
+    for p in problems:
+        _err(p)
+    return 1 if problems else 0
+
+
+# ------------------------------------------------------------------ parsers
+
+def register(sub) -> None:
+    p = sub.add_parser("start", help="start a pod from its policy; prints its name",
+                       description="Start the pod a policy describes and return once it runs.")
+    p.add_argument("policy", metavar="POLICY", help="the pod's policy file (TOML)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the pod to run (default 60)")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("exec", help="run a command in a running pod",
+                       description="Run CMD in pod NAME, in a pea, as a pod user; exits with "
+                                   "CMD's status (128+N if a signal N ended it). A pty is "
+                                   "allocated when stdin is a terminal.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--pea", help="pea to run in (default: the policy's default_pea)")
+    p.add_argument("--user", type=int, metavar="UID", help="pod user id (default 0)")
+    p.add_argument("cmd", nargs="+", metavar="CMD")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("ps", help="processes of a pod",
+                       description="vpid (pid in the pod), host pid, pea, pod uid, command.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_ps)
+
+    p = sub.add_parser("list", help="pods on this host",
+                       description="name, state, peas and number of processes of each pod.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("stop", help="stop a pod; nothing is left behind",
+                       description="TERM every process of the pod, KILL after the timeout, "
+                                   "unmount, remove cgroups, veth and runtime files.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds between TERM and KILL (default 5)")
+    p.set_defaults(func=cmd_stop)

@@ -1,0 +1,115 @@
+"""Thin ctypes wrappers for the kernel calls Python 3.11 does not expose.
+
+unshare, setns, mount, umount2, pivot_root, prctl, sethostname, pidfd_getfd:
+each raises OSError with the kernel's errno, so callers (and tests) can
+assert exact errors. Nothing here decides policy; the callers comment why
+each call is made.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+# <linux/sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# <sys/mount.h>
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+
+# <linux/prctl.h>
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+
+# x86_64 syscall numbers
+_SYS_pivot_root = 155
+_SYS_pidfd_getfd = 438
+
+_libc.syscall.restype = ctypes.c_long
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+    return rc
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Join the namespace(s) of ``fd``: a /proc/PID/ns/* file or a pidfd
+    (then ``nstype`` is a set of CLONE_NEW* flags, joined atomically)."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def _b(s):
+    if s is None:
+        return None
+    return os.fsencode(s)
+
+
+def mount(source, target, fstype, flags: int = 0, data: str | None = None) -> None:
+    rc = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
+    _check(rc, f"mount {target}")
+
+
+def umount2(target, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount {target}")
+
+
+def pivot_root(new_root, put_old) -> None:
+    rc = _libc.syscall(ctypes.c_long(_SYS_pivot_root), _b(new_root), _b(put_old))
+    _check(rc, "pivot_root")
+
+
+def prctl(option: int, arg2: int = 0) -> int:
+    return _check(
+        _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
+                    ctypes.c_ulong(0), ctypes.c_ulong(0)),
+        "prctl",
+    )
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def sethostname(name: str) -> None:
+    b = name.encode()
+    _check(_libc.sethostname(b, ctypes.c_size_t(len(b))), "sethostname")
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    """A duplicate of fd ``targetfd`` of the process behind ``pidfd``
+    (needs ptrace access to it)."""
+    rc = _libc.syscall(ctypes.c_long(_SYS_pidfd_getfd), ctypes.c_int(pidfd),
+                       ctypes.c_int(targetfd), ctypes.c_uint(0))
+    return _check(rc, "pidfd_getfd")
+
+
+ALL_POD_NS = (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+              | CLONE_NEWNET | CLONE_NEWCGROUP)

@@ -1,0 +1,176 @@
+"""The pod's file tree: the staging directory, its host mounts, /proc, /dev, pivot.
+
+Two places build it:
+
+- the daemon (host root, its own mount namespace): creates the mount-point
+  directories in the staging tree and bind-mounts the policy's host
+  directories onto them (read-only unless rw = true), then mounts the pod
+  root (PeaFS, stacked on the staging dir) at its mount point. PeaFS crosses
+  those bind mounts like any directory.
+- the pod's pid 1, inside the new namespaces: mounts /proc and a minimal
+  /dev onto the pod root, pivots into it and detaches the old root.
+
+Every directory inside the staging tree or the pod root is reached by a walk
+of O_PATH | O_NOFOLLOW | O_DIRECTORY opens, one component at a time, and
+mounts target the resulting fd (/proc/self/fd/N). A symlink planted in the
+staging tree (``usr -> /etc``) therefore makes the walk fail with ELOOP or
+ENOTDIR instead of steering a mount onto a host path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from pods import namespaces as ns
+
+_WALK = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+
+# Host device nodes a pod gets (bind-mounted: mknod is impossible, and must
+# stay impossible, inside a user namespace).
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def walk_dir(base_fd: int, relpath: str, create: bool = False, mode: int = 0o755) -> int:
+    """An O_PATH fd of directory ``relpath`` below ``base_fd``, never leaving
+    it through a symlink or "..". ``create`` makes missing components."""
+    fd = os.dup(base_fd)
+    try:
+        for part in Path(relpath).parts:
+            if part in ("/", "."):
+                continue
+            if part == "..":
+                raise OSError(errno.EPERM, f"'..' in mount path {relpath!r}")
+            try:
+                nfd = os.open(part, _WALK, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, mode, dir_fd=fd)
+                nfd = os.open(part, _WALK, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def prepare_staging(root: Path, mounts) -> None:
+    """Create the directories the pod needs in the staging tree (/proc, /dev
+    and every [[pod.mount]] path). Run by host root on the host."""
+    root_fd = os.open(root, _WALK)
+    try:
+        for rel in ["proc", "dev", *(m.path for m in mounts)]:
+            os.close(walk_dir(root_fd, rel.lstrip("/"), create=True))
+    finally:
+        os.close(root_fd)
+
+
+def place_host_mounts(root: Path, mounts) -> None:
+    """Bind each [[pod.mount]] host directory onto its place in the staging
+    tree; read-only unless rw. Run in the daemon's own mount namespace, so
+    the host never sees these mounts."""
+    root_fd = os.open(root, _WALK)
+    try:
+        for m in mounts:
+            rel = m.path.lstrip("/")
+            target = walk_dir(root_fd, rel, create=True)
+            try:
+                # Non-recursive bind: mounts below the host directory stay out.
+                ns.mount(str(m.host), fd_path(target), None, ns.MS_BIND)
+            finally:
+                os.close(target)
+            # The fd above names the directory under the new mount; the
+            # remount must name the mount itself, so walk again.
+            target = walk_dir(root_fd, rel)
+            try:
+                # A bind mount inherits the source's flags; read-only needs a
+                # remount of the new mount alone.
+                flags = ns.MS_BIND | ns.MS_REMOUNT | ns.MS_NODEV | ns.MS_NOSUID
+                ns.mount(None, fd_path(target), None, flags | (0 if m.rw else ns.MS_RDONLY))
+            finally:
+                os.close(target)
+    finally:
+        os.close(root_fd)
+
+
+def bind_pod_root(staging: Path, mountpoint: Path) -> None:
+    """Fallback pod root without PeaFS: a plain bind mount of the staging dir.
+    Used only by tests of the namespace machinery; a real pod uses PeaFS."""
+    ns.mount(str(staging), str(mountpoint), None, ns.MS_BIND | ns.MS_REC)
+
+
+def mount_proc_and_dev(root_fd: int, pts_gid: int | None) -> None:
+    """Mount the pod's /proc and a minimal /dev under the pod root.
+
+    Run by the pod's pid 1 (procfs shows the pid namespace of the process
+    that mounts it) while the host's /proc is still visible: the kernel lets
+    a user namespace mount procfs only where a full procfs is already
+    visible in its mount namespace.
+    """
+    proc = walk_dir(root_fd, "proc")
+    try:
+        ns.mount("proc", fd_path(proc), "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
+    finally:
+        os.close(proc)
+    dev = walk_dir(root_fd, "dev")
+    try:
+        # A fresh tmpfs hides whatever the staging dir holds under /dev.
+        ns.mount("tmpfs", fd_path(dev), "tmpfs", ns.MS_NOSUID | ns.MS_NOEXEC,
+                 "mode=755,size=64k")
+    finally:
+        os.close(dev)
+    # From here on the tmpfs is ours alone (no pod process exists yet).
+    dev = walk_dir(root_fd, "dev")
+    try:
+        for name in DEVICES:
+            fd = os.open(name, os.O_CREAT | os.O_WRONLY | os.O_EXCL | os.O_NOFOLLOW, 0o666,
+                         dir_fd=dev)
+            os.close(fd)
+            node = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dev)
+            try:
+                ns.mount(f"/dev/{name}", fd_path(node), None, ns.MS_BIND)
+            finally:
+                os.close(node)
+        for sub, mode in (("pts", 0o755), ("shm", 0o1777)):
+            os.mkdir(sub, mode, dir_fd=dev)
+        pts = walk_dir(dev, "pts")
+        try:
+            # newinstance: the pod's own pty numbering, invisible to the host's.
+            opts = "newinstance,ptmxmode=0666,mode=620"
+            if pts_gid is not None:
+                opts += f",gid={pts_gid}"
+            ns.mount("devpts", fd_path(pts), "devpts", ns.MS_NOSUID | ns.MS_NOEXEC, opts)
+        finally:
+            os.close(pts)
+        shm = walk_dir(dev, "shm")
+        try:
+            ns.mount("shm", fd_path(shm), "tmpfs", ns.MS_NOSUID | ns.MS_NODEV,
+                     "mode=1777,size=64m")
+        finally:
+            os.close(shm)
+        for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"),
+                             ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                             ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, link, dir_fd=dev)
+    finally:
+        os.close(dev)
+
+
+def pivot_into(root_fd: int) -> None:
+    """Make the pod root "/" and drop every other mount of the old root.
+
+    pivot_root(".", ".") stacks the old root on top of the new one; the lazy
+    detach then removes it and everything below it, so no path (no "..",
+    no /proc/1/root, no chroot trick) leads back to a host mount.
+    """
+    os.fchdir(root_fd)
+    ns.pivot_root(".", ".")
+    ns.umount2(".", ns.MNT_DETACH)
+    os.chdir("/")

@@ -1,0 +1,78 @@
+"""Where a pod's runtime state lives, and whether its daemon is alive.
+
+    $PEAPOD_RUN/                 (default /run/peapod)
+        start.lock               flock held by `pod start` while it checks and starts a pod
+        pods/NAME/
+            lock                 flock held by the pod's daemon for its whole life
+            state.json           written by the daemon: pids, maps, policy file, veth
+            control              the daemon's control socket (Unix, mode 0600)
+            daemon.log           the daemon's stderr
+            init.log             output of the policy's init program
+            mnt/                 mount point of the pod's PeaFS (in the daemon's mount ns)
+            peafs/               PeaFS state (link rules, audit log)
+
+Liveness is the flock on ``lock``, not a pid: a lock dies with its holder, so
+a reused pid can never make a dead pod look alive.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from pathlib import Path
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("PEAPOD_RUN", "/run/peapod"))
+
+
+def pods_dir() -> Path:
+    return run_dir() / "pods"
+
+
+def pod_dir(name: str) -> Path:
+    if not NAME_RE.match(name):
+        # The name becomes a path component: refuse anything that could
+        # climb out of pods/ ("..", "/") before it is joined.
+        raise ValueError(f"invalid pod name {name!r}")
+    return pods_dir() / name
+
+
+def read_state(name: str) -> dict | None:
+    try:
+        return json.loads((pod_dir(name) / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_state(name: str, state: dict) -> None:
+    path = pod_dir(name) / "state.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    os.replace(tmp, path)  # readers see the old or the new state, never half
+
+
+def is_alive(name: str) -> bool:
+    """True while some process (the daemon) holds the pod's lock."""
+    try:
+        fd = os.open(pod_dir(name) / "lock", os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def pod_names() -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(pods_dir()) if NAME_RE.match(n))
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,343 @@
+"""The tagger: start one command inside a pod, in a pea, as a pod user.
+
+``python -m pods.tagger`` is spawned by the pod's daemon (fork+exec: the
+daemon is a threaded trio process and does no Python work after a fork).
+Its stdin/stdout/stderr are the `pod exec` caller's; ``--ctl`` is a
+SOCK_SEQPACKET socket to the daemon carrying JSON messages (and fds);
+``--pidfd`` is the daemon's pidfd of the pod's pid 1, the handle on the pod:
+a pidfd cannot be redirected to another process by pid reuse.
+
+Two processes, like bubblewrap's setup: the *monitor* (this process) stays
+on the host, fully host root and outside every pod namespace, and the
+*child* walks into the pod, step by step, and becomes CMD:
+
+ monitor  1. setns(pidfd, PID): only our children will be in the pod's
+             pid namespace, so the child gets a pod pid and pid 1 as reaper.
+          2. fork.
+ child    3. join the pea's cgroup (and the pod's limit cgroups) while still
+             host root: membership is inherited by everything CMD forks,
+             and no later step runs outside the pea or the limits.
+          4. setns(pidfd, USER|MNT|IPC|UTS|NET|CGROUP), all at once: from
+             here on the child sees only the pod (its root and cwd are the
+             pod's root, the host's mounts are unreachable) and holds
+             capabilities only in the pod's user namespace.
+          5. pty (when the caller has a terminal): a new pty from the pod's
+             own devpts; the caller's terminal is never handed into the pod
+             (TIOCSTI on it would type commands into the host shell).
+             setsid in any case: CMD has no controlling terminal of the host.
+          6. setgroups/setresgid/setresuid to the pod user: a non-root user
+             loses every capability here.
+          7. close every fd but 0, 1, 2: nothing of the daemon's leaks.
+          8. seccomp filter (pods.seccomp), the last step: no_new_privs, the
+             deny list, and the notification listener, which the monitor
+             takes out of the child with pidfd_getfd and hands to the
+             daemon's supervisor before the child may continue.
+          9. exec CMD. Its first instruction runs with all of the above.
+ monitor 10. relays the pty, forwards signals from the daemon, reports the
+             exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import termios
+
+from pods import namespaces as ns
+from pods.control import recv_msg, send_msg
+
+try:  # helper E's seccomp filter; absent while it is being written
+    from pods import seccomp as _seccomp
+except ImportError:  # pragma: no cover
+    _seccomp = None
+
+TIOCGPTPEER = 0x5441
+TIOCSPTLCK = 0x40045431
+TIOCSCTTY = 0x540E
+TIOCSWINSZ = 0x5414
+
+POD_NS = (ns.CLONE_NEWUSER | ns.CLONE_NEWNS | ns.CLONE_NEWIPC | ns.CLONE_NEWUTS
+          | ns.CLONE_NEWNET | ns.CLONE_NEWCGROUP)
+
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+# ---------------------------------------------------------------- child side
+
+def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> None:
+    """Steps 3-9; never returns. Failures are written to ``report_w``."""
+    step = "cgroup"
+    try:
+        # 3. pea and limit cgroups (host paths, host root: before step 4).
+        for procs in args.cgroup:
+            with open(procs, "w") as f:
+                f.write("0\n")  # 0 = the writing process itself
+        # 4. every other namespace of the pod, atomically through the pidfd.
+        step = "setns"
+        ns.setns(args.pidfd, POD_NS)
+        os.close(args.pidfd)
+        os.chdir("/")
+        # 5. session and terminal.
+        step = "pty"
+        os.setsid()
+        if ptysock is not None:
+            master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+            fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+            slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR)
+            if args.rows and args.cols:
+                fcntl.ioctl(slave, TIOCSWINSZ, struct.pack("HHHH", args.rows, args.cols, 0, 0))
+            send_msg(ptysock, {"pty": True}, [master])
+            os.close(master)
+            ptysock.close()
+            fcntl.ioctl(slave, TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            if slave > 2:
+                os.close(slave)
+        # 6. the pod user.
+        step = "user"
+        os.setgroups([args.gid])
+        os.setresgid(args.gid, args.gid, args.gid)
+        os.setresuid(args.uid, args.uid, args.uid)
+        # 7. no fd of ours survives into CMD except the report pipe (CLOEXEC).
+        keep = {0, 1, 2, report_w, go_r}
+        for fd in range(3, 1024):
+            if fd not in keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.set_inheritable(report_w, False)
+        env = {"PATH": PATH, "HOME": "/root" if args.uid == 0 else "/",
+               "HOSTNAME": os.uname().nodename}
+        if args.term:
+            env["TERM"] = args.term
+        # 8. seccomp, last: from here on only the filtered calls below run.
+        step = "seccomp"
+        listener = None
+        if _seccomp is not None:
+            listener = _seccomp.install(notify=args.notify)
+        os.write(report_w, f"L {-1 if listener is None else listener}\n".encode())
+        if os.read(go_r, 1) != b"g":
+            os._exit(126)
+        os.close(go_r)
+        if listener is not None:
+            os.close(listener)
+        # 9. exec. On success the CLOEXEC report pipe closes with no data.
+        step = "exec"
+        os.execvpe(args.argv[0], args.argv, env)
+    except OSError as e:
+        try:
+            os.write(report_w, f"E {step} {e.errno or 0} {e}\n".encode())
+        except OSError:
+            pass
+    except BaseException as e:  # noqa: BLE001 - anything else is also a failure to start
+        try:
+            os.write(report_w, f"E {step} 0 {e}\n".encode())
+        except OSError:
+            pass
+    os._exit(127)
+
+
+# -------------------------------------------------------------- monitor side
+
+def _read_line(fd: int) -> str:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace").strip()
+
+
+def _relay(ctl: socket.socket, child: int, child_pidfd: int, master: int | None) -> int:
+    """Pump the pty and the daemon's messages until the child exits; return
+    its wait status."""
+    fds_in = {ctl.fileno(), child_pidfd}
+    stdin_open = master is not None
+    if master is not None:
+        fds_in.add(master)
+        fds_in.add(0)
+        os.set_blocking(master, False)
+    while True:
+        r, _, _ = select.select(list(fds_in), [], [])
+        if master is not None and master in r:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every slave end is closed
+                data = b""
+            if data:
+                _write_all(1, data)
+            else:
+                fds_in.discard(master)
+        if stdin_open and 0 in r:
+            data = os.read(0, 65536)
+            if data:
+                _write_all(master, data)
+            else:
+                stdin_open = False
+                fds_in.discard(0)
+        if ctl.fileno() in r:
+            try:
+                msg, extra = recv_msg(ctl)
+            except OSError:
+                msg, extra = None, []
+            for fd in extra:
+                os.close(fd)
+            if msg is None:
+                fds_in.discard(ctl.fileno())
+            elif "signal" in msg:
+                try:
+                    os.kill(child, int(msg["signal"]))
+                except OSError:
+                    pass
+            elif "winsize" in msg and master is not None:
+                rows, cols = msg["winsize"]
+                fcntl.ioctl(master, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        if child_pidfd in r:
+            _, status = os.waitpid(child, 0)
+            if master is not None:  # drain what CMD wrote last
+                while True:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    _write_all(1, data)
+            return status
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            n = os.write(fd, data)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        except OSError:
+            return
+        data = data[n:]
+
+
+def monitor(args) -> int:
+    ctl = socket.socket(fileno=args.ctl)
+    # 1. the pod's pid namespace, for our children only.
+    ns.setns(args.pidfd, ns.CLONE_NEWPID)
+    report_r, report_w = os.pipe()
+    go_r, go_w = os.pipe()
+    ptysock = peer = None
+    if args.pty:
+        ptysock, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # 2. fork (this process is single-threaded: fork is safe).
+    child = os.fork()
+    if child == 0:
+        os.close(report_r)
+        os.close(go_w)
+        ctl.close()
+        if ptysock is not None:
+            ptysock.close()
+        _child(args, report_w, go_r, peer)
+    os.close(report_w)
+    os.close(go_r)
+    os.close(args.pidfd)
+    if peer is not None:
+        peer.close()
+    child_pidfd = os.pidfd_open(child)
+    master = None
+    try:
+        if ptysock is not None:
+            r, _, _ = select.select([ptysock, report_r], [], [])
+            if ptysock in r:
+                _, fds = recv_msg(ptysock)
+                master = fds[0] if fds else None
+            ptysock.close()
+        line = _read_line(report_r)
+        if line.startswith("L "):
+            fd = int(line.split()[1])
+            if fd >= 0:
+                # The listener lives in the child; take a copy through its
+                # pidfd (we are host root, it is our child) for the daemon's
+                # supervisor, before the child may run anything filtered.
+                listener = ns.pidfd_getfd(child_pidfd, fd)
+                send_msg(ctl, {"listener": True}, [listener])
+                os.close(listener)
+                reply, _ = recv_msg(ctl)
+                if not reply or not reply.get("ok"):
+                    os.kill(child, signal.SIGKILL)
+                    os.waitpid(child, 0)
+                    send_msg(ctl, {"error": "the supervisor refused the listener", "status": 126})
+                    return 126
+            os.write(go_w, b"g")
+            os.close(go_w)
+            line = _read_line(report_r)  # empty: exec succeeded (CLOEXEC)
+        if line.startswith("E "):
+            _, step, err, *rest = line.split(" ", 3)
+            os.waitpid(child, 0)
+            status = 126 if int(err) in (errno.EACCES, errno.ENOEXEC, errno.EPERM) else 127
+            if step != "exec":
+                status = 126
+            msg = rest[0] if rest else ""
+            send_msg(ctl, {"error": f"{step}: {msg}", "status": status})
+            return status
+        send_msg(ctl, {"started": child, "vpid": _vpid(child)})
+        status = _relay(ctl, child, child_pidfd, master)
+    finally:
+        os.close(report_r)
+    code = os.waitstatus_to_exitcode(status)
+    exit_status = 128 - code if code < 0 else code
+    try:
+        send_msg(ctl, {"exit": exit_status, "signal": -code if code < 0 else None})
+    except OSError:
+        pass
+    return exit_status
+
+
+def _vpid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except OSError:
+        pass
+    return None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pods.tagger")
+    p.add_argument("--pidfd", type=int, required=True, help="pidfd of the pod's pid 1")
+    p.add_argument("--ctl", type=int, required=True, help="SOCK_SEQPACKET to the daemon")
+    p.add_argument("--cgroup", action="append", default=[], help="cgroup.procs file to join")
+    p.add_argument("--uid", type=int, default=0)
+    p.add_argument("--gid", type=int, default=0)
+    p.add_argument("--pty", action="store_true")
+    p.add_argument("--notify", action="store_true",
+                   help="the daemon has a supervisor: install the filter with a listener")
+    p.add_argument("--rows", type=int, default=0)
+    p.add_argument("--cols", type=int, default=0)
+    p.add_argument("--term", default="")
+    p.add_argument("argv", nargs="+")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        return monitor(args)
+    except OSError as e:
+        try:
+            send_msg(socket.socket(fileno=args.ctl), {"error": str(e), "status": 126})
+        except OSError:
+            pass
+        return 126
+
+
+if __name__ == "__main__":
+    sys.exit(main())
