@@ -1,0 +1,107 @@
+"""Audit log and complain mode: every refusal is one JSON line; a pea with
+complain = true is logged and let through."""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import time
+
+from conftest import peafs_cmd
+from helpers_peafs import in_subprocess_as_host, run_snippet
+
+POLICY = r'''
+[pea.strict.files]
+"/" = "r"
+"/ro/" = "r"
+
+[pea.learn]
+complain = true
+
+[pea.learn.files]
+"/" = "r"
+"/ro/" = "r"
+'''
+
+FIELDS = {"time", "pod", "pea", "pid", "uid", "operation", "path", "need", "rule", "kind",
+          "complain"}
+
+
+def _mount(peafs_mount):
+    m = peafs_mount(POLICY)
+    (m.root / "ro").mkdir()
+    (m.root / "ro" / "f").write_text("orig")
+    (m.root / "ro" / "f").chmod(0o666)     # Unix bits let anyone write: the pea decides
+    return m
+
+
+def test_refusal_is_one_json_line(peafs_mount):
+    m = _mount(peafs_mount)
+    got = run_snippet(m, "strict", r'''
+out = {"pid": os.getpid(), "write": E(opens, "ro/f", os.O_WRONLY), "read": E(read, "ro/f")}
+''', 1234)
+    assert got["write"] == "EACCES" and got["read"] == "OK"
+    entries = m.audit()
+    assert len(entries) == 1, entries
+    e = entries[0]
+    assert set(e) == FIELDS
+    assert {k: e[k] for k in FIELDS - {"time"}} == {
+        "pod": m.pod, "pea": "strict", "pid": got["pid"], "uid": 1234, "operation": "open",
+        "path": "/ro/f", "need": "w", "rule": "/ro/", "kind": "directory", "complain": False}
+    assert e["time"].endswith("+00:00")
+    # `peafs audit` prints the same lines.
+    r = subprocess.run(peafs_cmd("audit", m.mountpoint), capture_output=True, text=True,
+                       timeout=30, env=m.env())
+    assert r.returncode == 0
+    assert [json.loads(line) for line in r.stdout.splitlines()] == entries
+
+
+def test_each_refused_operation_is_logged(peafs_mount):
+    m = _mount(peafs_mount)
+    run_snippet(m, "strict", r'''
+out = [E(os.unlink, "ro/f"), E(os.mkdir, "ro/d"), E(os.chmod, "ro/f", 0o600)]
+''')
+    ops = [(e["operation"], e["path"], e["need"]) for e in m.audit()]
+    assert ops == [("unlink", "/ro", "w"), ("mkdir", "/ro", "w"), ("setattr", "/ro/f", "w")]
+
+
+def test_complain_mode_logs_and_allows(peafs_mount):
+    m = _mount(peafs_mount)
+    got = run_snippet(m, "learn", r'''
+write("ro/f", b"changed")
+out = {"read": read("ro/f"), "mkdir": E(os.mkdir, "ro/d")}
+''')
+    assert got == {"read": "changed", "mkdir": "OK"}
+    assert (m.root / "ro" / "f").read_text() == "changed"
+    entries = m.audit()
+    assert entries and all(e["complain"] is True and e["pea"] == "learn" for e in entries)
+    assert ("open", "/ro/f", "w") in [(e["operation"], e["path"], e["need"]) for e in entries]
+    assert ("mkdir", "/ro", "w") in [(e["operation"], e["path"], e["need"]) for e in entries]
+
+
+def test_barrier_refusals_are_logged(peafs_mount):
+    m = _mount(peafs_mount)
+    mp = str(m.mountpoint)
+    got = in_subprocess_as_host(f'out = E(listdir, {mp!r})')
+    assert got == "EACCES"
+    e = m.audit()[-1]
+    assert e["pea"] is None and e["kind"] == "barrier" and e["uid"] is None
+
+
+def test_audit_follow(peafs_mount):
+    m = _mount(peafs_mount)
+    p = subprocess.Popen(peafs_cmd("audit", m.mountpoint, "--follow"), stdout=subprocess.PIPE,
+                         text=True, env=m.env())
+    try:
+        run_snippet(m, "strict", 'out = E(opens, "ro/f", os.O_WRONLY)')
+        deadline = time.monotonic() + 20
+        line = ""
+        while time.monotonic() < deadline and not line:
+            ready, _, _ = select.select([p.stdout], [], [], 0.5)
+            if ready:
+                line = p.stdout.readline()
+        assert json.loads(line)["path"] == "/ro/f"
+    finally:
+        p.kill()
+        p.wait(timeout=10)
