@@ -1,0 +1,177 @@
+"""Lifecycle safety: refused starts leave nothing; `pod stop` leaves nothing;
+a killed daemon takes its pod down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from peafs import cgroup
+from pods import limits, netns
+
+from conftest import POD
+
+
+def _host_pids_alive(pids) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[-1].split()[0] != "Z":
+                    alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def _nothing_left(pod) -> None:
+    """No process, mount, cgroup, veth or file of the pod remains."""
+    assert not cgroup.pids_in(pod.name) and not limits.v1_pids(pod.name)
+    assert not cgroup.pod_cgroup(pod.name).exists()
+    for d in limits.v1_dirs(pod.name):
+        assert not d.exists(), d
+    assert not netns.veth_exists(pod.name)
+    assert not (pod.run_dir / "pods" / pod.name).exists()
+    # No mount anywhere mentions the pod (the daemon's namespace is gone too:
+    # its processes are).
+    for mi in Path("/proc").glob("[0-9]*/mountinfo"):
+        try:
+            text = mi.read_text()
+        except OSError:
+            continue
+        assert f"peafs:{pod.name} " not in text, mi
+        assert str(pod.run_dir / "pods" / pod.name) not in text, mi
+    r = pod.cli("list", "--json")
+    assert pod.name not in [row["name"] for row in json.loads(r.stdout)]
+
+
+def _pod_host_pids(pod) -> list[int]:
+    st = pod.state()
+    return sorted(set(cgroup.pids_in(pod.name)) | {st["daemon_pid"], st["keeper_pid"],
+                                                   st["init_pid"]})
+
+
+def test_stop_leaves_no_process_mount_cgroup_veth_or_file(pod_factory):
+    pod = pod_factory.start(net="10.231.%d.2/24" % (os.getpid() % 250), limits_={"pids": 100})
+    host_if = netns.host_ifname(pod.name)
+    assert netns.veth_exists(pod.name)
+    # Processes that ignore TERM must be KILLed after the timeout.
+    p = subprocess.Popen([*POD, "exec", pod.name, "--", "/bin/sh", "-c",
+                          "trap '' TERM; echo up; sleep 1000 & sleep 1000"],
+                         env=pod_factory.env(), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "up"
+    pids = _pod_host_pids(pod)
+    assert len(pids) >= 5
+    r = pod.stop()
+    assert r.returncode == 0, r.stderr
+    p.wait(timeout=30)
+    assert _host_pids_alive(pids) == []
+    _nothing_left(pod)
+    assert subprocess.run(["ip", "link", "show", host_if], capture_output=True,
+                          timeout=30).returncode != 0
+
+
+def test_killed_daemon_takes_its_pod_down(pod_factory):
+    pod = pod_factory.start()
+    p = subprocess.Popen([*POD, "exec", pod.name, "--", "sleep", "1000"],
+                         env=pod_factory.env(), stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while len(cgroup.pids_in(pod.name)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = _pod_host_pids(pod)
+    os.kill(pod.state()["daemon_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while _host_pids_alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _host_pids_alive(pids) == []
+    assert p.wait(timeout=30) != 0
+    # The dead pod shows as such, and `pod stop` clears what it left.
+    rows = json.loads(pod.cli("list", "--json").stdout)
+    assert {"name": pod.name, "state": "dead"}.items() <= \
+        [r for r in rows if r["name"] == pod.name][0].items()
+    assert pod.stop().returncode == 0
+    _nothing_left(pod)
+
+
+def test_term_to_the_daemon_stops_the_pod_cleanly(pod_factory):
+    pod = pod_factory.start()
+    daemon = pod.state()["daemon_pid"]
+    os.kill(daemon, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while _host_pids_alive([daemon]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _host_pids_alive([daemon]) == []
+    _nothing_left(pod)
+
+
+def test_a_name_already_running_is_refused(pod_factory):
+    pod = pod_factory.start()
+    before = pod.state()
+    r = pod.cli("start", pod.policy)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"pod: pod {pod.name} is already running"
+    assert pod.state() == before
+    assert pod.exec("true").returncode == 0
+
+
+def test_a_missing_root_is_refused_and_leaves_nothing(pod_factory, tmp_path):
+    policy, name, root, base = pod_factory.write_policy(root=tmp_path / "no-such-root")
+    r = pod_factory.cli("start", policy)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"pod: root {tmp_path / 'no-such-root'} does not exist or is " \
+                               "not a directory"
+    assert not (pod_factory.run / "pods" / name).exists()
+    assert not cgroup.pod_cgroup(name).exists()
+
+
+def test_overlapping_id_ranges_are_refused(pod_factory):
+    first = pod_factory.start()
+    policy, name, _, _ = pod_factory.write_policy(base=first.base + 1000)
+    r = pod_factory.cli("start", policy)
+    assert r.returncode == 2
+    assert f"overlap those of running pod {first.name}" in r.stderr
+    assert not (pod_factory.run / "pods" / name).exists()
+    assert not cgroup.pod_cgroup(name).exists()
+
+
+def test_a_policy_with_errors_is_refused_with_file_line(pod_factory, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[pod]\nname = "Bad Name"\nroot = "."\nuid_map = [[0, 0, 1]]\n')
+    r = pod_factory.cli("start", bad)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"{bad}:")
+    assert "Traceback" not in r.stderr
+    assert not (pod_factory.run / "pods").exists() or not os.listdir(pod_factory.run / "pods")
+
+
+def test_a_symlink_in_the_staging_tree_cannot_steer_a_host_mount(pod_factory, tmp_path):
+    # The staging tree (writable by pods) holds usr -> a host directory; the
+    # daemon must not bind /usr onto the link's target.
+    policy, name, root, _ = pod_factory.write_policy()
+    target = tmp_path / "victim"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    os.symlink(target, root / "usr")
+    r = pod_factory.cli("start", policy)
+    assert r.returncode == 2
+    assert "Too many levels of symbolic links" in r.stderr or "Not a directory" in r.stderr
+    assert sorted(os.listdir(target)) == ["keep"]
+    assert not (pod_factory.run / "pods" / name).exists()
+
+
+def test_every_command_has_help(pod_factory):
+    for cmd in ("start", "exec", "ps", "list", "stop"):
+        r = pod_factory.cli(cmd, "--help")
+        assert r.returncode == 0 and "usage: pod " + cmd in r.stdout
+
+
+def test_stop_of_an_unknown_pod(pod_factory):
+    r = pod_factory.cli("stop", "nosuchpod")
+    assert r.returncode == 2 and r.stderr.strip() == "pod: pod nosuchpod is not running"
+    r = pod_factory.cli("ps", "../etc")
+    assert r.returncode == 2 and "invalid pod name" in r.stderr
