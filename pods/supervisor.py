@@ -1,0 +1,707 @@
+"""The pod's seccomp supervisor: decides the calls the filter mediates.
+
+    sup = Supervisor(pod_name, policy)
+    sup.add_listener(fd)       # any time, before or during serve()
+    await sup.serve()          # trio; returns after close()
+    sup.close()
+
+One supervisor per pod serves every listener of the pod (each `pod exec`
+brings its own filter chain, hence its own listener). A notification is
+decided in the trio thread; only a send that may block runs in a worker
+thread. Any failure while deciding answers EPERM: a mediated call is never
+let through by accident. When the supervisor is gone (listener closed), the
+kernel fails every mediated call with ENOSYS.
+
+The rules (DESIGN s.4):
+
+Processes. A process may act on processes of its own pea only; across peas
+the call fails with EPERM. "Own pea" is decided on pinned processes
+(pods/seccomp_procs.py), and the answer is one of:
+
+- CONTINUE, when the decision depends only on register arguments and the
+  target cannot change identity before the kernel acts: the target is the
+  caller's own thread group (alive while the call waits), or a process of
+  the caller's pea that is still alive (pidfd) when the caller is still
+  waiting (NOTIF_ID_VALID) right before the answer. What remains is the
+  window between that last check and the kernel's lookup, during which the
+  target would have to die, be reaped, and its number be handed out again
+  after a full cycle of the pid space: not a practical race.
+- performed by the supervisor on a pidfd, when the target is not a pid in a
+  register: pidfd_send_signal, pidfd_getfd and pidfd_open (the pidfd the
+  caller names is a descriptor, which a sibling thread could swap after a
+  check; the supervisor takes a copy, decides on it, acts on it, and hands
+  any new descriptor over with NOTIF_ADDFD). The kernel's own permission
+  checks are replicated for these (seccomp_procs.may_signal/may_ptrace).
+- group signals, kill(-1), kill(0) and kill(-pgrp), are performed by the
+  supervisor for each target in the caller's pea, like the virtual
+  super-user of the seeds (000, "kill -1"): a pod's kill(-1) reaches its own
+  pea only, and a process group that spans peas is signalled in the
+  caller's pea only. Result: 0 if any process was signalled, else EPERM if
+  some were refused, else ESRCH. Receivers see si_pid 0 (the sender is
+  outside their pid namespace).
+
+Network. pea.connect = true: connect, sendto, sendmsg and sendmmsg continue
+(no address can be refused, so there is nothing to check). connect = false:
+on an IPv4/IPv6 (or any non-Unix, non-netlink) socket, connect and a send
+with an address fail with EACCES; a send without an address on such a
+socket is performed by the supervisor from a copy of the message (a sibling
+thread could otherwise add an address after the check). bind on IPv4/IPv6
+is always performed by the supervisor on a copy of the address: port 0
+(ephemeral) is allowed, any other port must be in pea.bind (EACCES), and a
+port below 1024 needs CAP_NET_BIND_SERVICE as the kernel would require.
+AF_UNIX and netlink sockets continue (they are files, or the pod's own
+kernel configuration; PeaFS rules named sockets): the family is read from
+the supervisor's copy of the socket, so this is exact for single-threaded
+callers (the filter refuses shared descriptor tables between processes);
+a multi-threaded caller could swap the descriptor between the check and the
+kernel's call (see docs/SECURITY_PEAS.md, "Known limits").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+import time
+from collections import Counter
+
+import trio
+
+from pods import notify
+from pods import seccomp_procs as procs
+from pods.seccomp_syscalls import (
+    AF_INET, AF_INET6, AF_NETLINK, AF_UNIX, F_SETOWN, IOPRIO_WHO_PGRP,
+    IOPRIO_WHO_PROCESS, NAME, PRIO_PGRP, PRIO_PROCESS, PTRACE_TRACEME,
+)
+
+log = logging.getLogger("pods.supervisor")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+MAX_SOCKADDR = 128
+MAX_SEND = 1 << 20       # bytes copied per performed send (a short write beyond)
+MAX_CONTROL = 1 << 16
+UIO_MAXIOV = 1024
+SIGMAX = 64
+
+
+class _Answer:
+    __slots__ = ("kind", "value")
+
+    def __init__(self, kind: str, value: int = 0):
+        self.kind, self.value = kind, value
+
+
+CONT = _Answer("cont")
+
+
+def ERR(e: int) -> _Answer:
+    return _Answer("err", e)
+
+
+def VAL(v: int) -> _Answer:
+    return _Answer("val", v)
+
+
+def FD(fd: int) -> _Answer:
+    return _Answer("fd", fd)
+
+
+class Supervisor:
+    def __init__(self, pod_name: str, policy):
+        notify.check_sizes()
+        self.pod = pod_name
+        self.policy = policy
+        self.procs = procs.PodProcs(pod_name)
+        self.stats: Counter = Counter()
+        self.busy_ns = 0              # time spent deciding (bench: cost per call)
+        self._listeners: set[int] = set()
+        self._pending: list[int] = []
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+        self._send_limiter = trio.CapacityLimiter(32)
+
+    # ------------------------------------------------------------ serving
+    def add_listener(self, fd: int) -> None:
+        """Serve ``fd`` (the supervisor owns it from now on and closes it)."""
+        if self._closed:
+            os.close(fd)
+            return
+        notify.set_sync_wakeup(fd)
+        self._listeners.add(fd)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._serve_listener, fd)
+        else:
+            self._pending.append(fd)
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for fd in self._pending:
+                nursery.start_soon(self._serve_listener, fd)
+            self._pending.clear()
+            self._cancel = nursery.cancel_scope
+            if self._closed:
+                nursery.cancel_scope.cancel()
+            await trio.sleep_forever()
+
+    def close(self) -> None:
+        """Stop serving and close every listener: from then on the kernel
+        fails the mediated calls of the pod's processes with ENOSYS."""
+        self._closed = True
+        scope = getattr(self, "_cancel", None)
+        if scope is not None:
+            scope.cancel()
+        for fd in list(self._listeners):
+            self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        if fd in self._listeners:
+            self._listeners.discard(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
+    async def _serve_listener(self, fd: int) -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        try:
+            while fd in self._listeners:
+                await trio.lowlevel.wait_readable(fd)
+                if fd not in self._listeners:
+                    return
+                ev = poller.poll(0)
+                if not ev:
+                    continue
+                revents = ev[0][1]
+                if revents & select.POLLIN:
+                    try:
+                        note = notify.recv(fd)
+                    except OSError as e:
+                        if e.errno in (errno.ENOENT, errno.EINTR):
+                            continue   # the caller went away meanwhile
+                        raise
+                    self._handle(fd, note)
+                elif revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    return   # no process uses this filter any more
+        finally:
+            self._drop(fd)
+
+    # ------------------------------------------------------------ dispatch
+    def _handle(self, fd: int, note: notify.Notification) -> None:
+        t0 = time.perf_counter_ns()
+        name = NAME.get(note.nr, str(note.nr))
+        self.stats[name] += 1
+        try:
+            handler = getattr(self, "_do_" + name, None)
+            if handler is None:
+                ans = ERR(errno.EPERM)
+            else:
+                ans = handler(fd, note)
+        except OSError as e:
+            log.debug("%s by %d: %s", name, note.pid, e)
+            ans = ERR(e.errno if e.errno in (errno.ESRCH, errno.EFAULT, errno.EBADF) else errno.EPERM)
+        except Exception:  # noqa: BLE001 - fail closed, never continue
+            log.exception("deciding %s by %d", name, note.pid)
+            ans = ERR(errno.EPERM)
+        if ans is None:          # handed to a task that answers itself
+            self.busy_ns += time.perf_counter_ns() - t0
+            return
+        self._answer(fd, note, ans)
+        self.busy_ns += time.perf_counter_ns() - t0
+
+    def _answer(self, fd: int, note, ans: _Answer) -> None:
+        if ans.kind == "cont":
+            # Last guard: the caller is still the caller (its tid not reused).
+            if not notify.id_valid(fd, note.id):
+                return
+            notify.respond(fd, note.id, cont=True)
+            self.stats["continued"] += 1
+        elif ans.kind == "err":
+            notify.respond(fd, note.id, error=ans.value)
+            self.stats["refused" if ans.value in (errno.EPERM, errno.EACCES) else "failed"] += 1
+        elif ans.kind == "val":
+            notify.respond(fd, note.id, val=ans.value)
+            self.stats["performed"] += 1
+        else:
+            try:
+                if notify.addfd_send(fd, note.id, ans.value) is not None:
+                    self.stats["performed"] += 1
+            except OSError as e:
+                notify.respond(fd, note.id, error=e.errno or errno.EPERM)
+            finally:
+                os.close(ans.value)
+
+    def _caller(self, note) -> procs.Caller:
+        c = procs.caller_of(note.pid, self.pod)
+        if c is None:
+            raise procs.no_such_process()
+        return c
+
+    def _pea(self, name):
+        if name is None:
+            return None
+        try:
+            return self.policy.pea(name)
+        except Exception:  # noqa: BLE001 - an unknown pea has no rights
+            return None
+
+    # ------------------------------------------------- one target by pid
+    def _same_pea_target(self, fd, note, caller, vpid: int, *, thread=False, vtgid=None):
+        """CONT if ``vpid`` (a pid or, with thread, a tid) is the caller's own
+        thread group or a live process of its pea; EPERM across peas."""
+        if vpid <= 0:
+            return ERR(errno.ESRCH)
+        if not thread and vpid == caller.vtgid:
+            return CONT
+        if thread and vtgid == caller.vtgid:
+            # tgkill on the caller's own thread group: the kernel checks that
+            # the tid belongs to that (living) group.
+            return CONT
+        t = (self.procs.resolve_thread(caller, vpid, vtgid) if thread
+             else self.procs.resolve(caller, vpid))
+        if t is None:
+            return ERR(errno.ESRCH)
+        try:
+            if t.info.tgid == caller.tgid:
+                return CONT
+            if caller.pea is None or t.pea != caller.pea:
+                return ERR(errno.EPERM)
+            if not t.alive():
+                return ERR(errno.ESRCH)
+            return CONT
+        finally:
+            t.close()
+
+    def _pid_arg(self, fd, note, i=0):
+        caller = self._caller(note)
+        return self._same_pea_target(fd, note, caller, note.arg_int(i))
+
+    def _do_ptrace(self, fd, note):
+        if note.args[0] == PTRACE_TRACEME:
+            return CONT   # names no target: the parent becomes the tracer, and
+            #               every later request of that parent is mediated here
+        return self._pid_arg(fd, note, 1)
+
+    def _do_process_vm_readv(self, fd, note):
+        return self._pid_arg(fd, note, 0)
+
+    _do_process_vm_writev = _do_process_vm_readv
+    _do_prlimit64 = _do_process_vm_readv
+    _do_sched_setaffinity = _do_process_vm_readv
+    _do_sched_setscheduler = _do_process_vm_readv
+    _do_sched_setparam = _do_process_vm_readv
+    _do_sched_setattr = _do_process_vm_readv
+    _do_migrate_pages = _do_process_vm_readv
+    _do_move_pages = _do_process_vm_readv
+    _do_get_robust_list = _do_process_vm_readv
+
+    def _do_kcmp(self, fd, note):
+        caller = self._caller(note)
+        for i in (0, 1):
+            a = self._same_pea_target(fd, note, caller, note.arg_int(i))
+            if a.kind != "cont":
+                return a
+        return CONT
+
+    def _which_who(self, fd, note, process_which, pgrp_which):
+        caller = self._caller(note)
+        which, who = note.arg_int(0), note.arg_int(1)
+        if which == process_which:
+            return self._same_pea_target(fd, note, caller, who or caller.vtgid)
+        if which == pgrp_which:
+            return self._group_all_in_pea(caller, who or caller.vpgid)
+        return ERR(errno.EPERM)   # a user's processes: in every pea (and pod)
+
+    def _do_setpriority(self, fd, note):
+        return self._which_who(fd, note, PRIO_PROCESS, PRIO_PGRP)
+
+    def _do_ioprio_set(self, fd, note):
+        return self._which_who(fd, note, IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP)
+
+    def _do_fcntl(self, fd, note):
+        if note.arg_uint(1) != F_SETOWN:
+            return ERR(errno.EPERM)
+        caller = self._caller(note)
+        owner = note.arg_int(2)
+        if owner == 0:
+            return CONT   # clears the owner
+        if owner > 0:
+            return self._same_pea_target(fd, note, caller, owner)
+        return self._group_all_in_pea(caller, -owner)
+
+    def _group_all_in_pea(self, caller, vpgid: int):
+        """CONT if every member of process group ``vpgid`` is in the caller's pea."""
+        d = caller.depth
+        members = self.procs.members(caller, lambda st, nspid: procs._ints(st["NSpgid"])[d - 1] == vpgid)
+        if not members:
+            return ERR(errno.ESRCH)
+        for host, _, _ in members:
+            if procs.cgroup.pea_of(host, self.pod) != caller.pea or caller.pea is None:
+                return ERR(errno.EPERM)
+        return CONT
+
+    # ------------------------------------------------------------ signals
+    def _do_kill(self, fd, note):
+        caller = self._caller(note)
+        pid, sig = note.arg_int(0), note.arg_int(1)
+        if sig < 0 or sig > SIGMAX:
+            return ERR(errno.EINVAL)
+        if pid > 0:
+            return self._same_pea_target(fd, note, caller, pid)
+        if pid == -1:
+            d = caller.depth
+            # kill(-1): every process the caller could signal but itself and
+            # its namespace's init, here restricted to the caller's pea.
+            targets = self.procs.members(
+                caller, lambda st, nspid: int(st["Tgid"]) != caller.tgid and nspid[d - 1] != 1)
+        else:
+            vpgid = caller.vpgid if pid == 0 else -pid
+            d = caller.depth
+            targets = self.procs.members(
+                caller, lambda st, nspid: procs._ints(st["NSpgid"])[d - 1] == vpgid)
+        return self._signal_group(fd, note, caller, targets, sig)
+
+    def _signal_group(self, fd, note, caller, targets, sig):
+        sent = refused = 0
+        if not notify.id_valid(fd, note.id):
+            return ERR(errno.ESRCH)
+        for host, vpid, _ in targets:
+            t = self.procs.pin(host, caller, vpid)
+            if t is None:
+                continue
+            try:
+                if caller.pea is None or t.pea != caller.pea or not procs.may_signal(caller, t):
+                    refused += 1
+                    continue
+                try:
+                    notify.pidfd_send_signal(t.pidfd, sig)
+                    sent += 1
+                except OSError as e:
+                    if e.errno == errno.EPERM:
+                        refused += 1
+            finally:
+                t.close()
+        if sent:
+            return VAL(0)
+        return ERR(errno.EPERM if refused else errno.ESRCH)
+
+    def _do_tkill(self, fd, note):
+        caller = self._caller(note)
+        sig = note.arg_int(1)
+        if sig < 0 or sig > SIGMAX:
+            return ERR(errno.EINVAL)
+        tid = note.arg_int(0)
+        if tid == caller.nspid[-1]:
+            return CONT
+        return self._same_pea_target(fd, note, caller, tid, thread=True)
+
+    def _do_tgkill(self, fd, note):
+        caller = self._caller(note)
+        tgid, tid, sig = note.arg_int(0), note.arg_int(1), note.arg_int(2)
+        if sig < 0 or sig > SIGMAX:
+            return ERR(errno.EINVAL)
+        if tgid <= 0 or tid <= 0:
+            return ERR(errno.EINVAL)
+        return self._same_pea_target(fd, note, caller, tid, thread=True, vtgid=tgid)
+
+    def _do_rt_sigqueueinfo(self, fd, note):
+        # The siginfo in memory does not enter the decision (the target is a
+        # register); the kernel validates it when the call continues.
+        caller = self._caller(note)
+        return self._same_pea_target(fd, note, caller, note.arg_int(0))
+
+    def _do_rt_tgsigqueueinfo(self, fd, note):
+        caller = self._caller(note)
+        tgid, tid = note.arg_int(0), note.arg_int(1)
+        if tgid <= 0 or tid <= 0:
+            return ERR(errno.EINVAL)
+        return self._same_pea_target(fd, note, caller, tid, thread=True, vtgid=tgid)
+
+    # ------------------------------------------------------------ pidfds
+    def _take(self, note, remote_fd: int) -> int:
+        """A copy of the caller's descriptor ``remote_fd`` (the caller's
+        table may change after this; the copy does not)."""
+        cfd = notify.pidfd_open(note.pid, notify.PIDFD_THREAD)
+        try:
+            return notify.pidfd_getfd(cfd, remote_fd)
+        finally:
+            os.close(cfd)
+
+    def _pinned_by_pidfd(self, caller, pidfd_copy: int) -> procs.Target:
+        try:
+            info = notify.pidfd_info(pidfd_copy)
+        except OSError as e:
+            # not a pidfd (a /proc/PID directory is accepted by the kernel,
+            # but cannot be checked here), or its process is gone
+            raise OSError(errno.ESRCH if e.errno == errno.ESRCH else errno.EBADF, "not a pidfd")
+        return procs.Target(-1, info.tgid, info, self.procs.pea_of_cgroupid(info.cgroupid))
+
+    def _do_pidfd_open(self, fd, note):
+        caller = self._caller(note)
+        vpid, flags = note.arg_int(0), note.arg_uint(1)
+        if flags & ~(os.O_NONBLOCK | notify.PIDFD_THREAD):
+            return ERR(errno.EINVAL)
+        thread = bool(flags & notify.PIDFD_THREAD)
+        if vpid <= 0:
+            return ERR(errno.EINVAL)
+        t = self.procs.resolve_thread(caller, vpid, None) if thread else self.procs.resolve(caller, vpid)
+        if t is None:
+            return ERR(errno.ESRCH)
+        try:
+            if t.info.tgid != caller.tgid and (caller.pea is None or t.pea != caller.pea):
+                return ERR(errno.EPERM)
+            if not notify.id_valid(fd, note.id):
+                return ERR(errno.ESRCH)
+            if flags & os.O_NONBLOCK:
+                import fcntl as _f
+                _f.fcntl(t.pidfd, _f.F_SETFL, os.O_NONBLOCK)
+            out, t.pidfd = t.pidfd, -1
+            return FD(out)
+        finally:
+            t.close()
+
+    def _do_pidfd_send_signal(self, fd, note):
+        caller = self._caller(note)
+        sig, info_ptr, flags = note.arg_int(1), note.args[2], note.arg_uint(3)
+        if sig < 0 or sig > SIGMAX:
+            return ERR(errno.EINVAL)
+        if flags & notify.PIDFD_SIGNAL_PROCESS_GROUP:
+            return ERR(errno.EPERM)   # a group that may span peas: use kill(-pgrp)
+        info = notify.read_mem(note.pid, info_ptr, 128) if info_ptr else None
+        copy = self._take(note, note.arg_int(0))
+        try:
+            t = self._pinned_by_pidfd(caller, copy)
+            if caller.pea is None or t.pea != caller.pea:
+                return ERR(errno.EPERM)
+            if not procs.may_signal(caller, t):
+                return ERR(errno.EPERM)
+            if not notify.id_valid(fd, note.id):
+                return ERR(errno.ESRCH)
+            notify.pidfd_send_signal(copy, sig, info, flags)
+            return VAL(0)
+        finally:
+            os.close(copy)
+
+    def _do_pidfd_getfd(self, fd, note):
+        caller = self._caller(note)
+        if note.arg_uint(2) != 0:
+            return ERR(errno.EINVAL)
+        copy = self._take(note, note.arg_int(0))
+        try:
+            t = self._pinned_by_pidfd(caller, copy)
+            if t.info.tgid != caller.tgid:
+                if caller.pea is None or t.pea != caller.pea or not procs.may_ptrace(caller, t):
+                    return ERR(errno.EPERM)
+            got = notify.pidfd_getfd(copy, note.arg_int(1))
+            return FD(got)
+        finally:
+            os.close(copy)
+
+    # ------------------------------------------------------------ network
+    def _net(self, note):
+        caller = self._caller(note)
+        pea = self._pea(caller.pea)
+        return caller, pea
+
+    @staticmethod
+    def _family(sock_copy: int) -> int:
+        s = socket.socket(fileno=sock_copy)
+        try:
+            return s.family
+        finally:
+            s.detach()
+
+    def _do_bind(self, fd, note):
+        caller, pea = self._net(note)
+        if pea is None:
+            return ERR(errno.EACCES)
+        copy = self._take(note, note.arg_int(0))
+        try:
+            family = self._family(copy)
+            if family in (AF_UNIX, AF_NETLINK):
+                return CONT
+            addrlen = note.arg_uint(2)
+            if addrlen > MAX_SOCKADDR:
+                return ERR(errno.EINVAL)
+            addr = notify.read_mem(note.pid, note.args[1], addrlen)   # the one copy
+            if family in (AF_INET, AF_INET6):
+                if len(addr) >= 4:
+                    port = struct.unpack_from("!H", addr, 2)[0]
+                    if port != 0 and port not in pea.bind:
+                        return ERR(errno.EACCES)
+                    if 0 < port < 1024 and not caller.has_cap(procs.CAP_NET_BIND_SERVICE):
+                        return ERR(errno.EACCES)
+            elif not pea.connect:
+                return ERR(errno.EACCES)   # raw/packet and other networks
+            if not notify.id_valid(fd, note.id):
+                return ERR(errno.ESRCH)
+            buf = ctypes.create_string_buffer(addr, max(len(addr), 1))
+            if _libc.bind(copy, buf, ctypes.c_uint(len(addr))) != 0:
+                return ERR(ctypes.get_errno())
+            return VAL(0)
+        finally:
+            os.close(copy)
+
+    def _outgoing(self, note, fd_arg=0):
+        """(caller, pea, copy or None, answer or None) for connect/send*."""
+        caller, pea = self._net(note)
+        if pea is None:
+            return caller, pea, None, ERR(errno.EACCES)
+        if pea.connect:
+            return caller, pea, None, CONT   # any destination is allowed
+        copy = self._take(note, note.arg_int(fd_arg))
+        try:
+            family = self._family(copy)
+        except OSError:
+            os.close(copy)
+            raise
+        if family in (AF_UNIX, AF_NETLINK):
+            os.close(copy)
+            return caller, pea, None, CONT
+        return caller, pea, copy, None
+
+    def _do_connect(self, fd, note):
+        _, _, copy, ans = self._outgoing(note)
+        if copy is not None:
+            os.close(copy)
+            return ERR(errno.EACCES)
+        return ans
+
+    def _do_sendto(self, fd, note):
+        # Reached only with an address (the filter allows sendto without one).
+        _, _, copy, ans = self._outgoing(note)
+        if copy is not None:
+            os.close(copy)
+            return ERR(errno.EACCES)
+        return ans
+
+    def _read_msghdr(self, note, ptr: int):
+        raw = notify.read_mem(note.pid, ptr, 56)
+        name, namelen, iov, iovlen, control, controllen, _ = struct.unpack("<QI4xQQQQi4x", raw)
+        return name, namelen, iov, iovlen, control, controllen
+
+    def _copy_message(self, note, iov, iovlen, control, controllen):
+        if iovlen > UIO_MAXIOV:
+            raise OSError(errno.EMSGSIZE, "too many iovecs")
+        data = bytearray()
+        if iovlen:
+            vec = notify.read_mem(note.pid, iov, 16 * iovlen)
+            for i in range(iovlen):
+                base, length = struct.unpack_from("<QQ", vec, 16 * i)
+                take = min(length, MAX_SEND - len(data))
+                if take:
+                    data += notify.read_mem(note.pid, base, take)
+                if len(data) >= MAX_SEND:
+                    break
+        anc = []
+        if control and controllen:
+            raw = notify.read_mem(note.pid, control, min(controllen, MAX_CONTROL))
+            off = 0
+            while off + 16 <= len(raw):
+                clen, level, ctype = struct.unpack_from("<Qii", raw, off)
+                if clen < 16 or off + clen > len(raw):
+                    break
+                anc.append((level, ctype, bytes(raw[off + 16: off + clen])))
+                off += (clen + 7) & ~7
+        return bytes(data), anc
+
+    def _do_sendmsg(self, fd, note):
+        _, _, copy, ans = self._outgoing(note)
+        if copy is None:
+            return ans
+        try:
+            name, namelen, iov, iovlen, control, controllen = self._read_msghdr(note, note.args[1])
+            if name and namelen:
+                return ERR(errno.EACCES)
+            data, anc = self._copy_message(note, iov, iovlen, control, controllen)
+        except BaseException:
+            os.close(copy)
+            raise
+        self._nursery.start_soon(self._perform_sends, fd, note, copy, [(data, anc)], None)
+        return None
+
+    def _do_sendmmsg(self, fd, note):
+        _, _, copy, ans = self._outgoing(note)
+        if copy is None:
+            return ans
+        try:
+            vec, vlen = note.args[1], min(note.arg_uint(2), UIO_MAXIOV)
+            msgs = []
+            for i in range(vlen):
+                name, namelen, iov, iovlen, control, controllen = self._read_msghdr(note, vec + 64 * i)
+                if name and namelen:
+                    return ERR(errno.EACCES)
+                msgs.append(self._copy_message(note, iov, iovlen, control, controllen))
+        except BaseException:
+            os.close(copy)
+            raise
+        self._nursery.start_soon(self._perform_sends, fd, note, copy, msgs, vec)
+        return None
+
+    async def _perform_sends(self, fd, note, copy, msgs, mmsg_vec):
+        """Send the copied messages on the copied socket (in a worker thread:
+        a blocking socket may block) and answer with the result."""
+        flags = note.arg_int(3 if mmsg_vec is not None else 2)
+        try:
+            if not notify.id_valid(fd, note.id):
+                return
+
+            def send_all():
+                s = socket.socket(fileno=copy)
+                try:
+                    done = []
+                    for data, anc in msgs:
+                        try:
+                            done.append(s.sendmsg([data], anc, flags))
+                        except OSError as e:
+                            if not done:
+                                return done, e.errno
+                            break
+                    return done, 0
+                finally:
+                    s.detach()
+
+            async with self._send_limiter:
+                done, err = await trio.to_thread.run_sync(send_all, abandon_on_cancel=True)
+            if err:
+                notify.respond(fd, note.id, error=err)
+                return
+            if mmsg_vec is None:
+                notify.respond(fd, note.id, val=done[0])
+                return
+            for i, n in enumerate(done):   # sendmmsg reports each msg_len
+                _write_mem(note.pid, mmsg_vec + 64 * i + 56, struct.pack("<I", n))
+            notify.respond(fd, note.id, val=len(done))
+        except OSError as e:
+            try:
+                notify.respond(fd, note.id, error=e.errno or errno.EPERM)
+            except OSError:
+                pass
+        finally:
+            os.close(copy)
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_libc.process_vm_writev.restype = ctypes.c_ssize_t
+
+
+def _write_mem(pid: int, addr: int, data: bytes) -> None:
+    buf = ctypes.create_string_buffer(data, len(data))
+    local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), len(data))
+    remote = _IOVec(addr, len(data))
+    if _libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) != len(data):
+        raise OSError(errno.EFAULT, "cannot write the caller's msg_len")

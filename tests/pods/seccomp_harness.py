@@ -1,0 +1,517 @@
+"""A stand-in pod for the seccomp tests, independent of the pod daemon.
+
+    async with fake_pod(peas={"a": Pea(...), "b": Pea(...)}) as pod:
+        a1 = await pod.agent("a")          # a process in pea a, in the pod
+        await a1.call("kill", b1.vpid, 0)  # runs in the agent, returns (rc, errno)
+
+Layout: the test process (host root, trio) runs the Supervisor. It forks P1,
+which unshares user, pid and net namespaces (uid 0 of the pod maps to an
+unprivileged host range, so pod root has capabilities only inside) and forks
+P2, pid 1 of the new pid namespace. P2 brings up loopback, installs the pod's
+filter (pods.seccomp.install), and the test takes the listener out of P2
+with pidfd_getfd, as the tagger does. P2 then forks agents on request; each
+agent executes named operations (the OPS below) sent by the test over its
+own SOCK_SEQPACKET socket, and answers with the result. Pea membership is the
+pea cgroups of peafs/cgroup.py (the test moves agents with cgroup.join).
+
+Everything an agent runs is already imported before the fork: agents run as
+an unprivileged host uid and must not need to read host files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import pickle
+import random
+import signal
+import socket
+import struct
+import threading
+import time
+
+import trio
+
+from peafs import cgroup
+from pods import notify, seccomp
+from pods.supervisor import Supervisor
+
+libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+
+class Pea:
+    """The part of rules.Pea the supervisor reads."""
+
+    def __init__(self, name, connect=False, bind=()):
+        self.name, self.connect, self.bind = name, connect, frozenset(bind)
+
+
+class Policy:
+    def __init__(self, peas):
+        self.peas = peas
+
+    def pea(self, name):
+        return self.peas[name]
+
+
+# ------------------------------------------------------------ agent side
+def sc(nr, *args):
+    """A raw system call: (return value, errno)."""
+    ctypes.set_errno(0)
+    rc = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return rc, (ctypes.get_errno() if rc < 0 else 0)
+
+
+def _errno_of(fn, *a):
+    try:
+        r = fn(*a)
+        return r if r is not None else 0
+    except OSError as e:
+        return -e.errno
+
+
+def op_syscall(nr, *args):
+    return sc(nr, *args)
+
+
+def op_getpid():
+    return os.getpid()
+
+
+def op_kill(pid, sig):
+    return _errno_of(os.kill, pid, sig)
+
+
+_sleepers = []
+
+
+def op_sleeper(new_pgrp=False):
+    """Fork a child that sleeps; returns its pid (pod-virtual)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if new_pgrp:
+                os.setpgid(0, 0)
+            while True:
+                signal.pause()
+        finally:
+            os._exit(0)
+    _sleepers.append(pid)
+    return pid
+
+
+def op_setpgid(pid, pgid):
+    return _errno_of(os.setpgid, pid, pgid)
+
+
+def op_getpgid(pid):
+    return _errno_of(os.getpgid, pid)
+
+
+def op_waitpid(pid, nohang=False):
+    try:
+        wpid, status = os.waitpid(pid, os.WNOHANG if nohang else 0)
+    except OSError as e:
+        return -e.errno
+    return (wpid, os.waitstatus_to_exitcode(status) if wpid else None)
+
+
+def op_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+_socks = {}
+
+
+def op_bind(family, port, typ=socket.SOCK_STREAM, listen=False):
+    s = socket.socket(family, typ)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    try:
+        s.bind((host, port))
+        if listen:
+            s.listen(8)
+    except OSError as e:
+        s.close()
+        return -e.errno
+    _socks[s.getsockname()[1]] = s
+    return s.getsockname()[1]
+
+
+def op_connect(family, port, typ=socket.SOCK_STREAM):
+    s = socket.socket(family, typ)
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    try:
+        s.connect((host, port))
+        return 0
+    except OSError as e:
+        return -e.errno
+    finally:
+        s.close()
+
+
+def op_udp_sendto(port, data=b"x"):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        return s.sendto(data, ("127.0.0.1", port))
+    except OSError as e:
+        return -e.errno
+    finally:
+        s.close()
+
+
+def op_udp_sendmsg(port, data=b"x", with_addr=True):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if with_addr:
+            return s.sendmsg([data], [], 0, ("127.0.0.1", port))
+        return s.sendmsg([data])
+    except OSError as e:
+        return -e.errno
+    finally:
+        s.close()
+
+
+def op_unix_pair_sendmsg():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        n = a.sendmsg([b"hello"])
+        return n, b.recv(10)
+    except OSError as e:
+        return -e.errno
+    finally:
+        a.close()
+        b.close()
+
+
+def op_udp_recv(port, timeout=2.0):
+    s = _socks[port]
+    s.settimeout(timeout)
+    try:
+        return s.recv(100)
+    except OSError as e:
+        return -e.errno
+
+
+def op_bind_race(allowed, refused, rounds):
+    """One thread flips the port in a sockaddr between ``allowed`` and
+    ``refused`` while this thread binds with it. Returns the ports that
+    ended up bound (must never contain ``refused``) and the errno counts."""
+    buf = ctypes.create_string_buffer(16)
+    struct.pack_into("!HH4s", buf, 0, 0, allowed, socket.inet_aton("127.0.0.1"))
+    buf[0:2] = struct.pack("<H", socket.AF_INET)
+    stop = threading.Event()
+
+    def flip():
+        a = struct.pack("!H", allowed)
+        r = struct.pack("!H", refused)
+        while not stop.is_set():
+            ctypes.memmove(ctypes.addressof(buf) + 2, r, 2)
+            ctypes.memmove(ctypes.addressof(buf) + 2, a, 2)
+
+    t = threading.Thread(target=flip, daemon=True)
+    t.start()
+    bound, errs = [], {}
+    try:
+        for _ in range(rounds):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            rc, e = sc(49, s.fileno(), ctypes.addressof(buf), 16)
+            if rc == 0:
+                bound.append(s.getsockname()[1])
+            else:
+                errs[e] = errs.get(e, 0) + 1
+            s.close()
+    finally:
+        stop.set()
+        t.join()
+    return sorted(set(bound)), errs, len(bound)
+
+
+_got = [0]
+
+
+def op_count_signals():
+    """Count SIGUSR1 from now on; returns nothing."""
+    _got[0] = 0
+
+    def h(*_):
+        _got[0] += 1
+    signal.signal(signal.SIGUSR1, h)
+    return 0
+
+
+def op_signals_received():
+    return _got[0]
+
+
+def op_signal_loop(targets, seconds, sig):
+    """Send ``sig`` round-robin to ``targets`` for ``seconds``: (sent, errors)."""
+    end = time.monotonic() + seconds
+    sent, errs = 0, {}
+    while time.monotonic() < end:
+        for t in targets:
+            try:
+                os.kill(t, sig)
+                sent += 1
+            except OSError as e:
+                errs[e.errno] = errs.get(e.errno, 0) + 1
+    return sent, errs
+
+
+def op_exit(code=0):
+    os._exit(code)
+
+
+OPS = {k[3:]: v for k, v in globals().items() if k.startswith("op_")}
+
+
+def _agent_loop(sock: socket.socket) -> None:
+    sock.send(pickle.dumps(("hello", os.getpid())))
+    while True:
+        try:
+            msg = sock.recv(1 << 16)
+        except InterruptedError:
+            continue
+        if not msg:
+            os._exit(0)
+        name, args, kwargs = pickle.loads(msg)
+        try:
+            res = ("ok", OPS[name](*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - report everything to the test
+            res = ("exc", repr(e))
+        sock.send(pickle.dumps(res))
+
+
+def _init_loop(ctl: socket.socket) -> None:
+    """P2: pid 1 of the fake pod. Forks an agent per received socket."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # reap agents automatically
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctl, 16, 1)
+        except InterruptedError:
+            continue
+        if not msg:
+            os._exit(0)
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            ctl.close()
+            _agent_loop(socket.socket(fileno=fds[0]))
+            os._exit(0)
+        os.close(fds[0])
+
+
+def _lo_up() -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ifr = struct.pack("16sH22x", b"lo", 0)
+    flags = struct.unpack_from("16sH", fcntl.ioctl(s, 0x8913, ifr))[1]   # SIOCGIFFLAGS
+    fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 1))     # SIOCSIFFLAGS IFF_UP
+    s.close()
+
+
+# ------------------------------------------------------------ test side
+class Agent:
+    def __init__(self, pod, sock, vpid, host, pea):
+        self.pod, self.sock, self.vpid, self.host, self.pea = pod, sock, vpid, host, pea
+
+    async def call(self, name, *args, timeout=30, **kwargs):
+        with trio.fail_after(timeout):
+            await self.sock.send(pickle.dumps((name, args, kwargs)))
+            data = await self.sock.recv(1 << 16)
+        if not data:
+            raise EOFError(f"agent {self.vpid} died during {name}")
+        kind, val = pickle.loads(data)
+        if kind != "ok":
+            raise RuntimeError(f"agent {self.vpid} {name}: {val}")
+        return val
+
+    def move(self, pea):
+        cgroup.join(self.host, self.pod.name, pea)
+        self.pea = pea
+
+
+class FakePod:
+    def __init__(self, peas: dict, name: str | None = None):
+        self.name = name or f"sctest{os.getpid()}-{random.randrange(1 << 30):x}"
+        self.policy = Policy(peas)
+        self.supervisor = Supervisor(self.name, self.policy)
+        self.p1 = self.p2 = None
+        self.listener_taken = None
+        self.agents: list[Agent] = []
+        base = 1_000_000 + random.randrange(1000) * 65536
+        self.uid_base = base
+
+    # --------------------------------------------------------- start
+    def start(self) -> int:
+        """Fork P1/P2 and return a copy of P2's listener."""
+        cgroup.ensure_peas(self.name, self.policy.peas)
+        self.ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        rep_r, rep_w = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # P1
+            try:
+                os.close(rep_r)
+                os.close(go_w)
+                self.ctl.close()
+                if libc.unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET) != 0:
+                    os.write(rep_w, f"E unshare {os.strerror(ctypes.get_errno())}\n".encode())
+                    os._exit(1)
+                os.write(rep_w, b"U\n")
+                if os.read(go_r, 1) != b"g":
+                    os._exit(1)
+                p2 = os.fork()
+                if p2 == 0:
+                    os.setresgid(0, 0, 0)
+                    os.setresuid(0, 0, 0)
+                    _lo_up()
+                    fd = seccomp.install(notify=True)
+                    os.write(rep_w, f"L {fd}\n".encode())
+                    if os.read(go_r, 1) != b"g":
+                        os._exit(1)
+                    os.close(fd)
+                    os.close(go_r)
+                    os.close(rep_w)
+                    _init_loop(child_ctl)
+                    os._exit(0)
+                os.write(rep_w, f"P {p2}\n".encode())
+                _, st = os.waitpid(p2, 0)
+                os._exit(0)
+            except BaseException as e:  # noqa: BLE001
+                try:
+                    os.write(rep_w, f"E {e!r}\n".encode())
+                finally:
+                    os._exit(1)
+        os.close(rep_w)
+        os.close(go_r)
+        child_ctl.close()
+        self.p1 = pid
+        rep = os.fdopen(rep_r, "rb", buffering=0)
+        try:
+            assert self._line(rep) == "U", "P1 could not unshare its namespaces"
+            cgroup.join(pid, self.name, next(iter(self.policy.peas)))
+            with open(f"/proc/{pid}/uid_map", "w") as f:
+                f.write(f"0 {self.uid_base} 65536\n")
+            with open(f"/proc/{pid}/gid_map", "w") as f:
+                f.write(f"0 {self.uid_base} 65536\n")
+            os.write(go_w, b"g")
+            p2 = self._line(rep)
+            assert p2.startswith("P "), p2
+            self.p2 = int(p2[2:])
+            lst = self._line(rep)
+            assert lst.startswith("L "), f"the fake pod's init failed: {lst}"
+            listener = seccomp.pidfd_take(self.p2, int(lst[2:]))
+            os.write(go_w, b"g")
+        finally:
+            rep.close()
+            os.close(go_w)
+        return listener
+
+    @staticmethod
+    def _line(f) -> str:
+        out = b""
+        while not out.endswith(b"\n"):
+            c = f.read(1)
+            if not c:
+                break
+            out += c
+        return out.decode().strip()
+
+    async def agent(self, pea: str | None = None) -> Agent:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        socket.send_fds(self.ctl, [b"A"], [theirs.fileno()])
+        theirs.close()
+        tsock = trio.socket.from_stdlib_socket(mine)
+        with trio.fail_after(10):
+            kind, vpid = pickle.loads(await tsock.recv(1 << 16))
+        host = self.host_pid(vpid)
+        a = Agent(self, tsock, vpid, host, None)
+        first = next(iter(self.policy.peas))
+        a.pea = first
+        if pea is not None and pea != first:
+            a.move(pea)
+        self.agents.append(a)
+        return a
+
+    def host_pid(self, vpid: int) -> int:
+        for host in cgroup.pids_in(self.name):
+            try:
+                with open(f"/proc/{host}/status") as f:
+                    for line in f:
+                        if line.startswith("NSpid:"):
+                            ns = line.split()[1:]
+                            if int(ns[-1]) == vpid and len(ns) >= 2:
+                                return host
+            except OSError:
+                pass
+        raise LookupError(f"no process with pod pid {vpid}")
+
+    # --------------------------------------------------------- stop
+    def stop(self) -> None:
+        for a in self.agents:
+            with contextlib.suppress(Exception):
+                a.sock.close()
+        with contextlib.suppress(Exception):
+            self.ctl.close()
+        for pid in (self.p2, self.p1):
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.p1:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.p1, 0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            left = cgroup.pids_in(self.name)
+            for p in left:
+                with contextlib.suppress(OSError):
+                    os.kill(p, signal.SIGKILL)
+            if not left:
+                break
+            time.sleep(0.02)
+        cgroup.remove_pod(self.name)
+
+
+@contextlib.asynccontextmanager
+async def fake_pod(peas: dict, supervise: bool = True):
+    pod = FakePod(peas)
+    try:
+        listener = pod.start()
+        if not supervise:
+            pod.listener_taken = listener
+            yield pod
+            return
+        async with trio.open_nursery() as nursery:
+            pod.supervisor.add_listener(listener)
+            nursery.start_soon(pod.supervisor.serve)
+            try:
+                yield pod
+            finally:
+                pod.supervisor.close()
+    finally:
+        pod.supervisor.close()
+        if pod.listener_taken is not None:
+            with contextlib.suppress(OSError):
+                os.close(pod.listener_taken)
+        pod.stop()
+
+
+def default_peas():
+    return {"a": Pea("a", connect=True, bind=[8080]),
+            "b": Pea("b", connect=False, bind=[8081])}
