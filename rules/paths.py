@@ -56,16 +56,33 @@ def split_path(path: str) -> tuple[str, ...]:
 def parts_of(path: str) -> tuple[str, ...]:
     """Components of a path given to ``match``; ValueError unless it is clean.
 
-    Unlike a rule key, a path to match names one object, so a trailing slash
-    is refused too: "/etc/" would be ambiguous (the directory, or below it).
+    A path to match names one object, so it must be absolute, without "",
+    "." or ".." components (a trailing slash is an empty component: "/etc/"
+    would be ambiguous) and without NUL. Unlike a rule, it may hold any other
+    character: files with odd names exist, and fall under their directory's
+    rule. This runs on every lookup, so it only splits and scans.
     """
     if type(path) is not str:
         raise TypeError(f"path must be a str, not {type(path).__name__}")
     if path == "/":
         return ()
-    problem = path_problem(path)
-    if problem is None and path.endswith("/"):
-        problem = "ends with / (name the object itself)"
-    if problem is not None:
-        raise ValueError(f"path {path!r} {problem}")
-    return tuple(path[1:].split("/"))
+    parts = path[1:].split("/")
+    if path[:1] != "/" or "" in parts or "." in parts or ".." in parts or "\0" in path:
+        raise ValueError(f"path {path!r} {_why_unclean(path)}")
+    return tuple(parts)
+
+
+def _why_unclean(path: str) -> str:
+    if path.endswith("/") and path_problem(path) is None:
+        return "ends with / (name the object itself)"
+    if "\0" in path:
+        return "contains a NUL character"
+    if not path.startswith("/"):
+        return "is relative (it must start with /)" if path else "is empty"
+    body = path[1:]
+    for name in body.split("/"):
+        if name == "":
+            return 'contains an empty component ("//")'
+        if name in (".", ".."):
+            return f'contains a "{name}" component'
+    return "ends with / (name the object itself)"  # pragma: no cover
