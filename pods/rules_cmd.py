@@ -135,7 +135,7 @@ def describe(pea: rules.Pea, path: str, match: rules.Match) -> str:
         why = (f"no rule of {pea.name} covers it, so the implicit \"/\" rule decides: "
                "it grants nothing (fail-safe default)")
     lines = [f"{head}: {why}"]
-    if path != "/" and path + "/" in pea.files:
+    if match.kind != "path" and path != "/" and path + "/" in pea.files:
         lines.append(f'note: the directory-default rule "{path}/" applies only below {path}, '
                      f'not to {path} itself; add "{path}" = "..." for the directory itself')
     if match.exec_to is not None:
