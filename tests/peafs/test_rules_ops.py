@@ -332,3 +332,36 @@ out = {{"list": E(listdir, mp), "read": E(read, mp + "/ro/f")}}
 ''', preexec=run_in_pea(other.pod, "all"))
     assert got == {"list": "EACCES", "read": "EACCES"}
     assert not (m.root / "rw" / "host").exists()
+
+
+def test_mount_points_in_the_staging_tree_are_crossed(peafs_mount, tmp_path):
+    """A read-only host directory bound into the staging root (as pods do
+    with [[pod.mount]]) is reachable through PeaFS, stays read-only, and its
+    ".." is the staging directory, not the host's."""
+    root = tmp_path / "root"
+    (root / "usr2").mkdir(parents=True)
+    host = tmp_path / "hostdir"
+    (host / "sub").mkdir(parents=True)
+    (host / "sub" / "file").write_text("FROM HOST")
+    subprocess.run(["mount", "--bind", str(host), str(root / "usr2")], check=True, timeout=30)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(root / "usr2")], check=True,
+                       timeout=30)
+        m = peafs_mount('[pea.all.files]\n"/" = "rwx"\n[pea.p.files]\n"/" = "r"\n"/usr2/sub/" = ""\n',
+                        root=root)
+        try:
+            got = run_snippet(m, "all", r'''
+out = {"read": read("usr2/sub/file"), "list": os.listdir("usr2"),
+       "write": E(opens, "usr2/sub/file", os.O_WRONLY), "mkdir": E(os.mkdir, "usr2/new"),
+       "dotdot_is_root": os.stat("usr2/..").st_ino == os.stat(".").st_ino,
+       "dotdot_list": sorted(os.listdir("usr2/sub/../..")),
+       "distinct": os.stat("usr2").st_ino != os.stat(".").st_ino}
+''')
+            assert got == {"read": "FROM HOST", "list": ["sub"], "write": "EROFS",
+                           "mkdir": "EROFS", "dotdot_is_root": True, "dotdot_list": ["usr2"],
+                           "distinct": True}
+            assert run_snippet(m, "p", 'out = E(read, "usr2/sub/file")') == "EACCES"
+        finally:
+            m.umount()
+    finally:
+        subprocess.run(["umount", "-l", str(root / "usr2")], timeout=30)
