@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import mmap
 import os
 import pickle
 import random
@@ -272,6 +273,41 @@ def op_signal_loop(targets, seconds, sig):
             except OSError as e:
                 errs[e.errno] = errs.get(e.errno, 0) + 1
     return sent, errs
+
+
+_keep = []
+
+
+def op_cstring(text):
+    """A NUL-terminated copy of ``text`` in the agent's memory: its address."""
+    buf = ctypes.create_string_buffer(text.encode())
+    _keep.append(buf)
+    return ctypes.addressof(buf)
+
+
+def op_fork_and_thread():
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    _, st = os.waitpid(pid, 0)
+    return 0 if os.waitstatus_to_exitcode(st) == 7 else -1
+
+
+def op_int80_child():
+    """A child that makes a system call through the i386 ABI: its fate."""
+
+    pid = os.fork()
+    if pid == 0:
+        m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        m.write(bytes([0xB8, 0x14, 0, 0, 0, 0xCD, 0x80, 0xC3]))   # mov eax,20; int 0x80; ret
+        fn = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))
+        fn()
+        os._exit(0)
+    _, st = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(st)
 
 
 def op_exit(code=0):
