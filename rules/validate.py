@@ -26,7 +26,7 @@ HOSTNAME_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,6
 ID_LIMIT = 2**32 - 1        # (uid_t)-1 is "no id" to the kernel
 MAP_ENTRIES_MAX = 340       # lines a user namespace id map may have (Linux >= 4.15)
 DEFAULT_ID_MAP = (IdRange(0, 100000, 65536),)
-SIZE_RE = re.compile(r"([0-9]+)\s*([KMG]?)i?B?\Z", re.IGNORECASE)
+SIZE_RE = re.compile(r"([0-9]+)\s*(?:([KMG])(?:i?B)?|B)?\Z", re.IGNORECASE)
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 TOP_KEYS = ("pod", "pea")
@@ -386,7 +386,7 @@ class Checker:
                 memory = raw
             elif isinstance(raw, str) and SIZE_RE.match(raw.strip()):
                 m = SIZE_RE.match(raw.strip())
-                memory = int(m.group(1)) * SIZE_UNITS[m.group(2).upper()]
+                memory = int(m.group(1)) * SIZE_UNITS[(m.group(2) or "").upper()]
             else:
                 self.bad(at + ("memory",), f"memory {_show(raw)} is not a size (bytes, or a "
                          'number followed by K, M or G, like "256M")')

@@ -259,7 +259,8 @@ def test_relative_root_of_loads_is_relative_to_base_dir():
 
 @pytest.mark.parametrize("memory, value", [
     ('"256M"', 256 << 20), ('"1G"', 1 << 30), ('"2048K"', 2 << 20), ('"64MiB"', 64 << 20),
-    ('"1g"', 1 << 30), ("1048576", 1 << 20), ('"3145728"', 3 << 20)])
+    ('"1g"', 1 << 30), ("1048576", 1 << 20), ('"3145728"', 3 << 20), ('"256MB"', 256 << 20),
+    ('"2097152B"', 2 << 20), ('"2 G"', 2 << 30)])
 def test_memory_sizes(memory, value):
     policy = rules.loads(MINIMAL + f"[pod.limits]\nmemory = {memory}\n")
     assert policy.limits.memory == value
