@@ -370,9 +370,14 @@ class Supervisor:
             d = caller.depth
             targets = self.procs.members(
                 caller, lambda st, nspid: procs._ints(st["NSpgid"])[d - 1] == vpgid)
-        return self._signal_group(fd, note, caller, targets, sig)
+        return self._signal_group(fd, note, caller, targets, sig, everyone=pid == -1)
 
-    def _signal_group(self, fd, note, caller, targets, sig):
+    def _signal_group(self, fd, note, caller, targets, sig, everyone=False):
+        """Signal each of ``targets`` that is in the caller's pea and that the
+        caller may signal. The answer follows the kernel's: kill(-1) returns
+        0 once there was any candidate (refusals are not errors there),
+        ESRCH if none; a process group returns 0 if any member was
+        signalled, else the refusal (EPERM), else ESRCH."""
         sent = refused = 0
         if not notify.id_valid(fd, note.id):
             return ERR(errno.ESRCH)
@@ -392,7 +397,7 @@ class Supervisor:
                         refused += 1
             finally:
                 t.close()
-        if sent:
+        if sent or (everyone and refused):
             return VAL(0)
         return ERR(errno.EPERM if refused else errno.ESRCH)
 

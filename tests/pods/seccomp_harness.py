@@ -106,6 +106,8 @@ def op_sleeper(new_pgrp=False):
                 signal.pause()
         finally:
             os._exit(0)
+    if new_pgrp:
+        os.setpgid(pid, pid)   # in both, so the group exists when we return
     _sleepers.append(pid)
     return pid
 
@@ -261,18 +263,112 @@ def op_signals_received():
     return _got[0]
 
 
-def op_signal_loop(targets, seconds, sig):
-    """Send ``sig`` round-robin to ``targets`` for ``seconds``: (sent, errors)."""
+def op_signal_loop(targets, seconds, sig, max_rounds=10**9):
+    """Send ``sig`` round-robin to ``targets`` for ``seconds``: per target,
+    {0: successes, errno: failures}."""
     end = time.monotonic() + seconds
-    sent, errs = 0, {}
-    while time.monotonic() < end:
+    res = {t: {} for t in targets}
+    rounds = 0
+    while time.monotonic() < end and rounds < max_rounds:
+        rounds += 1
         for t in targets:
             try:
                 os.kill(t, sig)
-                sent += 1
-            except OSError as e:
-                errs[e.errno] = errs.get(e.errno, 0) + 1
-    return sent, errs
+                e = 0
+            except OSError as exc:
+                e = exc.errno
+            res[t][e] = res[t].get(e, 0) + 1
+    return res
+
+
+# A buffer at the same address in every agent (they are forked from one
+# image): process_vm_readv/writev have a valid remote address to use.
+_PROBE = ctypes.create_string_buffer(b"peapod-probe\0\0\0", 16)
+_pidfds = {}
+
+
+def op_proc_call(name, pid, tid=None):
+    """One mediated process call on ``pid`` with valid arguments: (rc, errno)."""
+    b = ctypes.create_string_buffer(256)
+    bp = ctypes.addressof(b)
+    tid = tid or pid
+    if name == "kill":
+        return sc(62, pid, 0)
+    if name == "tkill":
+        return sc(200, tid, 0)
+    if name == "tgkill":
+        return sc(234, pid, tid, 0)
+    if name in ("rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        struct.pack_into("iii", b, 0, 0, 0, -1)            # si_code SI_QUEUE
+        if name == "rt_sigqueueinfo":
+            return sc(129, pid, 0, bp)
+        return sc(297, pid, tid, 0, bp)
+    if name in ("process_vm_readv", "process_vm_writev"):
+        probe = ctypes.addressof(_PROBE)
+        local = bp + 64 if name == "process_vm_readv" else probe
+        struct.pack_into("QQQQ", b, 0, local, 16, probe, 16)
+        return sc(310 if name == "process_vm_readv" else 311, pid, bp, 1, bp + 16, 1, 0)
+    if name == "kcmp":
+        return sc(312, pid, os.getpid(), 1, 0, 0)           # KCMP_VM
+    if name == "prlimit64":
+        return sc(302, pid, 7, 0, bp)                       # read RLIMIT_NOFILE
+    if name == "setpriority":
+        return sc(141, 0, pid, 5)
+    if name == "sched_setaffinity":
+        b[0:8] = b"\xff" * 8
+        return sc(203, pid, 8, bp)
+    if name == "sched_setscheduler":
+        return sc(144, pid, 0, bp)
+    if name == "sched_setparam":
+        return sc(142, pid, bp)
+    if name == "sched_setattr":
+        struct.pack_into("IIQiI", b, 0, 48, 0, 0, 10, 0)   # SCHED_OTHER, nice 10
+        return sc(314, pid, bp, 0)
+    if name == "ioprio_set":
+        return sc(251, 1, pid, (2 << 13) | 4)
+    if name == "migrate_pages":
+        b[0:8] = struct.pack("Q", 1)
+        return sc(256, pid, 64, bp, bp)
+    if name == "move_pages":
+        return sc(279, pid, 0, 0, 0, 0, 0)
+    if name == "get_robust_list":
+        return sc(274, pid, bp, bp + 8)
+    if name == "fcntl_setown":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            return sc(72, s.fileno(), 8, pid)
+        finally:
+            s.close()
+    if name == "pidfd_open":
+        rc, e = sc(434, pid, 0)
+        if rc >= 0:
+            _pidfds[pid] = rc
+            return 0, 0
+        return rc, e
+    if name == "pidfd_send_signal":
+        return sc(424, _pidfds[pid], 0, 0, 0)
+    if name == "pidfd_send_signal_kill":
+        return sc(424, _pidfds[pid], signal.SIGKILL, 0, 0)
+    if name == "pidfd_getfd":
+        rc, e = sc(438, _pidfds[pid], 0, 0)
+        if rc >= 0:
+            os.close(rc)
+            return 0, 0
+        return rc, e
+    if name == "ptrace":
+        return sc(101, 0x4206, pid, 0, 0)                    # PTRACE_SEIZE
+    raise ValueError(name)
+
+
+def op_ignore(sig):
+    signal.signal(sig, signal.SIG_IGN)
+    return 0
+
+
+def op_become(uid):
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    return 0
 
 
 _keep = []
@@ -336,6 +432,7 @@ def _agent_loop(sock: socket.socket) -> None:
 
 def _init_loop(ctl: socket.socket) -> None:
     """P2: pid 1 of the fake pod. Forks an agent per received socket."""
+    os.setsid()   # the pod's own session and process group, as a pod's init has
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # reap agents automatically
     while True:
         try:
@@ -416,6 +513,11 @@ class FakePod:
                 if p2 == 0:
                     os.setresgid(0, 0, 0)
                     os.setresuid(0, 0, 0)
+                    # A uid change made us non-dumpable, and our memory was
+                    # made in the host's user namespace: undo what an exec
+                    # into the pod would have undone, so that same-uid ptrace
+                    # access inside the pod works as it does in a real pod.
+                    libc.prctl(4, 1, 0, 0, 0)   # PR_SET_DUMPABLE
                     _lo_up()
                     fd = seccomp.install(notify=True)
                     os.write(rep_w, f"L {fd}\n".encode())
