@@ -52,7 +52,10 @@ def _build(data: str | bytes, shown: str, base_dir: Path, file: Path | None) -> 
     checker = Checker(base_dir)
     policy = checker.document(document, file)
     if checker.problems:
-        lines = key_lines(text)
+        try:
+            lines = key_lines(text)
+        except Exception:  # pragma: no cover - a scanner bug must not hide the problems
+            lines = {}     # (each then points at line 1 rather than raising)
         problems = [Problem(shown, line_of(lines, path), message)
                     for path, message in checker.problems]
         # In file order; equal lines keep the order they were found in.
