@@ -139,6 +139,7 @@ def op_alive(pid):
 
 
 _socks = {}
+_all_socks = []
 
 
 def op_bind(family, port, typ=socket.SOCK_STREAM, listen=False):
@@ -153,6 +154,7 @@ def op_bind(family, port, typ=socket.SOCK_STREAM, listen=False):
         s.close()
         return -e.errno
     _socks[s.getsockname()[1]] = s
+    _all_socks.append(s)   # keep every bound socket open
     return s.getsockname()[1]
 
 
@@ -200,6 +202,42 @@ def op_unix_pair_sendmsg():
     finally:
         a.close()
         b.close()
+
+
+_conns = {}
+
+
+def op_tcp_connect_keep(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.connect(("127.0.0.1", port))
+    except OSError as e:
+        s.close()
+        return -e.errno
+    _conns[s.getsockname()[1]] = s
+    return s.getsockname()[1]
+
+
+def op_recv(key, n=100, timeout=5.0):
+    s = _conns[key]
+    s.settimeout(timeout)
+    try:
+        return s.recv(n)
+    except OSError as e:
+        return -e.errno
+
+
+def op_accept_sendmsg(port, data):
+    """Accept one connection on the listener bound to ``port`` and answer
+    with sendmsg without an address: (bytes sent or -errno)."""
+    s = _socks[port]
+    s.settimeout(5.0)
+    c, _ = s.accept()
+    _conns[("acc", port)] = c
+    try:
+        return c.sendmsg([data])
+    except OSError as e:
+        return -e.errno
 
 
 def op_udp_recv(port, timeout=2.0):
