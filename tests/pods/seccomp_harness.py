@@ -398,6 +398,36 @@ def op_proc_call(name, pid, tid=None):
     raise ValueError(name)
 
 
+def op_bench(kind, n, peer=0):
+    """Time ``n`` calls of one kind; returns ns per call."""
+    if kind == "kill_peer":
+        def one():
+            os.kill(peer, 0)
+    elif kind == "getppid":
+        one = os.getppid
+    elif kind == "bind_port0":
+        def one():
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.close()
+    elif kind == "bind_listed":
+        def one():
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", peer))
+            s.close()
+    elif kind == "socket_only":
+        def one():
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+    else:
+        raise ValueError(kind)
+    one()
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        one()
+    return (time.perf_counter_ns() - t0) / n
+
+
 def op_ignore(sig):
     signal.signal(sig, signal.SIG_IGN)
     return 0
@@ -518,7 +548,8 @@ class Agent:
 
 
 class FakePod:
-    def __init__(self, peas: dict, name: str | None = None):
+    def __init__(self, peas: dict, name: str | None = None, filtered: bool = True):
+        self.filtered = filtered
         self.name = name or f"sctest{os.getpid()}-{random.randrange(1 << 30):x}"
         self.policy = Policy(peas)
         self.supervisor = Supervisor(self.name, self.policy)
@@ -557,11 +588,12 @@ class FakePod:
                     # access inside the pod works as it does in a real pod.
                     libc.prctl(4, 1, 0, 0, 0)   # PR_SET_DUMPABLE
                     _lo_up()
-                    fd = seccomp.install(notify=True)
+                    fd = seccomp.install(notify=True) if self.filtered else -1
                     os.write(rep_w, f"L {fd}\n".encode())
                     if os.read(go_r, 1) != b"g":
                         os._exit(1)
-                    os.close(fd)
+                    if fd >= 0:
+                        os.close(fd)
                     os.close(go_r)
                     os.close(rep_w)
                     _init_loop(child_ctl)
@@ -592,7 +624,7 @@ class FakePod:
             self.p2 = int(p2[2:])
             lst = self._line(rep)
             assert lst.startswith("L "), f"the fake pod's init failed: {lst}"
-            listener = seccomp.pidfd_take(self.p2, int(lst[2:]))
+            listener = seccomp.pidfd_take(self.p2, int(lst[2:])) if self.filtered else None
             os.write(go_w, b"g")
         finally:
             rep.close()
@@ -665,11 +697,11 @@ class FakePod:
 
 
 @contextlib.asynccontextmanager
-async def fake_pod(peas: dict, supervise: bool = True):
-    pod = FakePod(peas)
+async def fake_pod(peas: dict, supervise: bool = True, filtered: bool = True):
+    pod = FakePod(peas, filtered=filtered)
     try:
         listener = pod.start()
-        if not supervise:
+        if not supervise or not filtered:
             pod.listener_taken = listener
             yield pod
             return
