@@ -56,51 +56,71 @@ def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split()]
 
 
-@dataclass(slots=True)
 class Caller:
-    """The thread that made a mediated call (alive while the call waits)."""
-    tid: int          # host
-    tgid: int         # host
-    nspid: list[int]  # tid in each pid namespace, host first
-    nstgid: list[int]
-    nspgid: list[int]
-    ns_ino: int       # its pid namespace
-    uids: list[int]   # real, effective, saved, fs (host ids)
-    gids: list[int]
-    capeff: int
-    threads: int
-    pea: str | None
+    """The thread that made a mediated call (alive while the call waits:
+    the supervisor re-checks NOTIF_ID_VALID before acting on these facts).
+
+    Pinned by a thread pidfd; its pids, pid namespace and pea come from the
+    pidfd. What only some decisions need (capabilities, process group) is
+    read from /proc on first use."""
+
+    __slots__ = ("tid", "pidfd", "info", "nspid", "ns_ino", "pea", "_status")
+
+    def __init__(self, tid, pidfd, info, nspid, ns_ino, pea):
+        self.tid, self.pidfd, self.info = tid, pidfd, info
+        self.nspid, self.ns_ino, self.pea = nspid, ns_ino, pea
+        self._status = None
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    @property
+    def tgid(self) -> int:
+        return self.info.tgid
 
     @property
     def depth(self) -> int:
         return len(self.nspid)
 
     @property
+    def vtid(self) -> int:
+        return self.nspid[-1]
+
+    @property
+    def status(self) -> dict:
+        if self._status is None:
+            st = read_status(self.tid)
+            if st is None:
+                raise no_such_process()
+            self._status = st
+        return self._status
+
+    @property
     def vtgid(self) -> int:
-        return self.nstgid[-1]
+        if self.info.tgid == self.tid:
+            return self.nspid[-1]
+        return _ints(self.status["NStgid"])[-1]
 
     @property
     def vpgid(self) -> int:
-        return self.nspgid[-1]
+        return _ints(self.status["NSpgid"])[-1]
+
+    @property
+    def uids(self) -> list[int]:
+        return [self.info.ruid, self.info.euid, self.info.suid]
+
+    @property
+    def gids(self) -> list[int]:
+        return [self.info.rgid, self.info.egid, self.info.sgid]
+
+    @property
+    def threads(self) -> int:
+        return int(self.status.get("Threads", "1"))
 
     def has_cap(self, cap: int) -> bool:
-        return bool(self.capeff >> cap & 1)
-
-
-def caller_of(tid: int, pod: str) -> Caller | None:
-    st = read_status(tid)
-    if st is None or "NSpid" not in st:
-        return None
-    try:
-        ns_ino = os.stat(f"/proc/{tid}/ns/pid").st_ino
-    except OSError:
-        return None
-    return Caller(
-        tid=tid, tgid=int(st["Tgid"]), nspid=_ints(st["NSpid"]), nstgid=_ints(st["NStgid"]),
-        nspgid=_ints(st["NSpgid"]), ns_ino=ns_ino, uids=_ints(st["Uid"]), gids=_ints(st["Gid"]),
-        capeff=int(st["CapEff"], 16), threads=int(st.get("Threads", "1")),
-        pea=cgroup.pea_of(tid, pod),
-    )
+        return bool(int(self.status["CapEff"], 16) >> cap & 1)
 
 
 @dataclass(slots=True)
@@ -159,11 +179,66 @@ def _ns_ino_up(pidfd: int, up: int) -> int | None:
         os.close(nsfd)
 
 
+def _pidfs_inodes_are_unique() -> bool:
+    """pidfs (Linux 6.9) gives every struct pid its own inode number, never
+    reused while the system runs: then the inode identifies a process for
+    good, and facts verified once about it can be cached."""
+    try:
+        a = notify.pidfd_open(os.getpid())
+        b = notify.pidfd_open(os.getppid() or 1)
+    except OSError:
+        return False
+    try:
+        return os.fstat(a).st_ino != os.fstat(b).st_ino
+    finally:
+        os.close(a)
+        os.close(b)
+
+
 class PodProcs:
     def __init__(self, pod: str):
         self.pod = pod
         self._pea_by_cgid: dict[int, str] = {}
         self._vmap: dict[tuple[int, int], int] = {}   # (ns inode, vpid) -> host pid
+        # pidfs inode -> (NSpid, pid namespace inode): both fixed for a
+        # process's life
+        self._known: dict[int, tuple[list[int], int]] = {}
+        self._cache_ok = _pidfs_inodes_are_unique()
+
+    def _identity(self, fd: int) -> tuple[list[int], int] | None:
+        """(NSpid, pid namespace inode) of the process a pidfd pins."""
+        ino = os.fstat(fd).st_ino if self._cache_ok else None
+        if ino is not None:
+            hit = self._known.get(ino)
+            if hit is not None:
+                return hit
+        nspid = fdinfo_nspid(fd)
+        if nspid is None:
+            return None
+        ns = _ns_ino_up(fd, 0)
+        if ns is None:
+            return None
+        if ino is not None:
+            if len(self._known) > 65536:
+                self._known.clear()
+            self._known[ino] = (nspid, ns)
+        return nspid, ns
+
+    def caller(self, tid: int) -> Caller | None:
+        """The calling thread ``tid`` (host), pinned by a thread pidfd."""
+        try:
+            fd = notify.pidfd_open(tid, notify.PIDFD_THREAD)
+        except OSError:
+            return None
+        try:
+            ident = self._identity(fd)
+            if ident is None:
+                raise no_such_process()
+            info = notify.pidfd_info(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        return Caller(tid, fd, info, ident[0], ident[1], self.pea_of_cgroupid(info.cgroupid))
 
     # ---------------------------------------------------------- peas
     def pea_of_cgroupid(self, cgid: int) -> str | None:
@@ -201,11 +276,17 @@ class PodProcs:
             return None
         ok = False
         try:
-            nspid = fdinfo_nspid(fd)
-            d = caller.depth
-            if nspid is None or len(nspid) < d or nspid[d - 1] != vpid:
+            ident = self._identity(fd)
+            if ident is None:
                 return None
-            if _ns_ino_up(fd, len(nspid) - d) != caller.ns_ino:
+            nspid, ns = ident
+            d = caller.depth
+            if len(nspid) < d or nspid[d - 1] != vpid:
+                return None
+            if len(nspid) == d:
+                if ns != caller.ns_ino:
+                    return None
+            elif _ns_ino_up(fd, len(nspid) - d) != caller.ns_ino:
                 return None
             info = notify.pidfd_info(fd)
             ok = True

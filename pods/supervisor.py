@@ -125,6 +125,7 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._send_limiter = trio.CapacityLimiter(32)
+        self._callers: dict[int, procs.Caller] = {}
 
     # ------------------------------------------------------------ serving
     def add_listener(self, fd: int) -> None:
@@ -185,13 +186,19 @@ class Supervisor:
                     continue
                 revents = ev[0][1]
                 if revents & select.POLLIN:
-                    try:
-                        note = notify.recv(fd)
-                    except OSError as e:
-                        if e.errno in (errno.ENOENT, errno.EINTR):
-                            continue   # the caller went away meanwhile
-                        raise
-                    self._handle(fd, note)
+                    # Drain what is pending (bounded, then let trio run others).
+                    for _ in range(64):
+                        try:
+                            note = notify.recv(fd)
+                        except OSError as e:
+                            if e.errno in (errno.ENOENT, errno.EINTR):
+                                break   # the caller went away meanwhile
+                            raise
+                        self._handle(fd, note)
+                        ev = poller.poll(0)
+                        if not ev or not ev[0][1] & select.POLLIN:
+                            break
+                    await trio.lowlevel.checkpoint()
                 elif revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
                     return   # no process uses this filter any more
         finally:
@@ -214,11 +221,16 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - fail closed, never continue
             log.exception("deciding %s by %d", name, note.pid)
             ans = ERR(errno.EPERM)
+        caller = self._callers.pop(note.id, None)
+        if caller is not None:
+            caller.close()
         if ans is None:          # handed to a task that answers itself
             self.busy_ns += time.perf_counter_ns() - t0
             return
-        self._answer(fd, note, ans)
-        self.busy_ns += time.perf_counter_ns() - t0
+        try:
+            self._answer(fd, note, ans)
+        finally:
+            self.busy_ns += time.perf_counter_ns() - t0
 
     def _answer(self, fd: int, note, ans: _Answer) -> None:
         if ans.kind == "cont":
@@ -243,9 +255,14 @@ class Supervisor:
                 os.close(ans.value)
 
     def _caller(self, note) -> procs.Caller:
-        c = procs.caller_of(note.pid, self.pod)
+        """The caller of ``note``, pinned (closed once the notification is
+        decided)."""
+        c = self._callers.get(note.id)
         if c is None:
-            raise procs.no_such_process()
+            c = self.procs.caller(note.pid)
+            if c is None:
+                raise procs.no_such_process()
+            self._callers[note.id] = c
         return c
 
     def _pea(self, name):
@@ -346,9 +363,15 @@ class Supervisor:
         members = self.procs.members(caller, lambda st, nspid: procs._ints(st["NSpgid"])[d - 1] == vpgid)
         if not members:
             return ERR(errno.ESRCH)
-        for host, _, _ in members:
-            if procs.cgroup.pea_of(host, self.pod) != caller.pea or caller.pea is None:
-                return ERR(errno.EPERM)
+        for host, vpid, _ in members:
+            t = self.procs.pin(host, caller, vpid)
+            if t is None:
+                continue
+            try:
+                if caller.pea is None or t.pea != caller.pea:
+                    return ERR(errno.EPERM)
+            finally:
+                t.close()
         return CONT
 
     # ------------------------------------------------------------ signals
@@ -437,11 +460,7 @@ class Supervisor:
     def _take(self, note, remote_fd: int) -> int:
         """A copy of the caller's descriptor ``remote_fd`` (the caller's
         table may change after this; the copy does not)."""
-        cfd = notify.pidfd_open(note.pid, notify.PIDFD_THREAD)
-        try:
-            return notify.pidfd_getfd(cfd, remote_fd)
-        finally:
-            os.close(cfd)
+        return notify.pidfd_getfd(self._caller(note).pidfd, remote_fd)
 
     def _pinned_by_pidfd(self, caller, pidfd_copy: int) -> procs.Target:
         try:
