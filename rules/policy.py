@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping, NamedTuple
 
 from .paths import parts_of, split_path
-from .tree import CHILDREN, DIR, PATH, XDIR, XPATH, Match, find_node, lookup, lookup_exec, new_node, node_at, prune
+from .tree import Match, add_rule, get_path_rule, lookup, lookup_exec, new_node, set_path_rule
 
 PERM_ORDER = "rwx"
 
@@ -83,19 +83,11 @@ class Pea:
         self.files = types.MappingProxyType(dict(files or {}))
         self.exec = types.MappingProxyType(dict(exec or {}))
         root = new_node()
-        root[DIR] = DENY_ALL
+        root.dir = DENY_ALL
         for key, perm in self.files.items():
-            node = node_at(root, split_path(key))
-            if key.endswith("/"):
-                node[DIR] = file_match(key, perm)
-            else:
-                node[PATH] = file_match(key, perm)
+            add_rule(root, split_path(key), key.endswith("/"), file_match(key, perm), None)
         for key, target in self.exec.items():
-            node = node_at(root, split_path(key))
-            if key.endswith("/"):
-                node[XDIR] = target
-            else:
-                node[XPATH] = target
+            add_rule(root, split_path(key), key.endswith("/"), None, target)
         self._root = root
         # parts -> (path_rule, exec_path) the policy had before a link rule
         # replaced them, so drop_link can put them back.
@@ -123,21 +115,14 @@ class Pea:
     # -- hard-link rules (called through Policy) --------------------------
 
     def _set_link(self, parts: tuple[str, ...], path: str, perm: str, exec_to: str | None) -> None:
-        node = node_at(self._root, parts)
         if parts not in self._shadow:
-            self._shadow[parts] = (node[PATH], node[XPATH])
-        node[PATH] = Match(perm, path, "path", None)
-        node[XPATH] = exec_to or ""
+            self._shadow[parts] = get_path_rule(self._root, parts)
+        set_path_rule(self._root, parts, Match(perm, path, "path", None), exec_to or "")
 
     def _drop_link(self, parts: tuple[str, ...]) -> None:
         saved = self._shadow.pop(parts, None)
-        if saved is None:
-            return
-        node = find_node(self._root, parts)
-        if node is None:  # pragma: no cover - the node exists while shadowed
-            return
-        node[PATH], node[XPATH] = saved
-        prune(self._root, parts)
+        if saved is not None:
+            set_path_rule(self._root, parts, *saved)
 
 
 class Policy:

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 
 import rules
-import rules.policy
-import rules.tree
 from rules import Match
 
 from rules_helpers import MINIMAL, policy_of
@@ -166,9 +164,10 @@ def test_matching_touches_no_file(mail, monkeypatch):
     smtpd.match("/var/spool/smtpd/l")
 
 
-def test_lookup_reads_one_table_per_component(monkeypatch):
-    """O(depth): a lookup does at most one dict get per path component,
-    whether the pea has 3 rules or 3000."""
+def test_lookup_reads_one_table_per_component():
+    """O(depth): a lookup does one dict access per path component (seven
+    directories, then the name in its directory's table), whether the pea
+    has 3 rules or 3000."""
     gets = []
 
     class CountingDict(dict):
@@ -176,18 +175,21 @@ def test_lookup_reads_one_table_per_component(monkeypatch):
             gets.append(key)
             return dict.get(self, key, default)
 
-    def counting_node():
-        return [CountingDict(), None, None, None, None]
+    def instrument(node):
+        node.children = CountingDict({k: instrument(v) for k, v in node.children.items()})
+        node.files = CountingDict(node.files)
+        return node
 
-    monkeypatch.setattr(rules.tree, "new_node", counting_node)
-    monkeypatch.setattr(rules.policy, "new_node", counting_node)
     path = "/d1/d2/d3/d4/d5/d6/d7/f"
     counts = []
     for n in (3, 3000):
-        body = "".join(f'"/d1/d2/d3/x{i}/" = "r"\n' for i in range(n))
+        body = "".join(f'"/d1/d2/d3/x{i}/" = "r"\n"/d1/d2/d3/d4/d5/d6/d7/g{i}" = "r"\n'
+                       for i in range(n))
         policy = rules.loads(MINIMAL + body + '"/d1/d2/d3/d4/d5/d6/d7/f" = "rw"\n')
+        pea = policy.pea("a")
+        instrument(pea._root)
         gets.clear()
-        assert policy.pea("a").match(path).perm == "rw"
+        assert pea.match(path).perm == "rw"
         counts.append(len(gets))
     assert counts == [8, 8]
 
@@ -388,3 +390,16 @@ def test_restore_links_refuses_bad_data_and_changes_nothing(mail, data):
         mail.restore_links(data)
     assert mail.links() == before
     assert mail.pea("smtpd").match("/tmp/keep").perm == "rx"
+
+
+def test_dropping_links_leaves_no_empty_directories_behind(mail):
+    smtpd = mail.pea("smtpd")
+    before = set(smtpd._root.children)
+    mail.add_link("/tmp/a/b/c/link", "/usr/sbin/smtpd")
+    assert "tmp" in smtpd._root.children
+    mail.drop_link("/tmp/a/b/c/link")
+    assert set(smtpd._root.children) == before
+    # a policy directory keeps its node
+    mail.add_link("/etc/smtpd/link", "/usr/sbin/smtpd")
+    mail.drop_link("/etc/smtpd/link")
+    assert smtpd.match("/etc/smtpd/x") == Match("r", "/etc/smtpd/", "directory", None)
