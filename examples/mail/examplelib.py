@@ -1,0 +1,335 @@
+"""What the example pods' setup scripts share (examples/mail/setup, examples/web/setup).
+
+Standard library only: the setup scripts run before anything else is
+installed. Each step prints what it does and fails with one clear line:
+
+- packages: installed only if missing, with a /usr/sbin/policy-rc.d that
+  exits 101 for the duration, so the packages' maintainer scripts never start
+  the host's copy of a daemon (an existing policy-rc.d is put back as it was);
+- host daemons: a copy of a pod's daemon running on the host (outside every
+  pod) is stopped, so the host keeps none running;
+- the root: built in ``.ROOT.new-PID`` next to the final directory, marked
+  with /.peapod-built and renamed into place last; a directory at the root's
+  place without the marker is a root left over and is reported, not used;
+- the pod: `pod start POLICY`, then wait until its service answers on the
+  pod's address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MARKER = ".peapod-built"
+POLICY_RC = Path("/usr/sbin/policy-rc.d")
+
+
+class SetupError(Exception):
+    """A failure, reported as one line and exit status 1."""
+
+
+def say(msg: str) -> None:
+    print(f"setup: {msg}", flush=True)
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# ------------------------------------------------------------------ the policy
+
+class PolicyInfo:
+    """The few [pod] values setup needs, read with tomllib (the policy is
+    checked in full by `pod start`)."""
+
+    def __init__(self, path: Path):
+        self.path = path.resolve()
+        try:
+            data = tomllib.loads(self.path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise SetupError(f"policy {path}: {e}") from e
+        pod = data.get("pod", {})
+        self.name = pod.get("name", "")
+        root = Path(pod.get("root", ""))
+        self.root = root if root.is_absolute() else (self.path.parent / root)
+        address = pod.get("net", {}).get("address")
+        self.ip = self.host_ip = None
+        if address:
+            ip, _, prefix = address.partition("/")
+            self.ip = ip
+            parts = ip.split(".")
+            self.host_ip = ".".join(parts[:3] + ["1"])
+            self.prefix = int(prefix or 24)
+
+
+# ------------------------------------------------------------------ pod command
+
+def pod_command() -> list[str]:
+    venv = REPO / ".venv" / "bin" / "python"
+    if venv.exists():
+        return [str(venv), "-m", "pods.cli"]
+    found = shutil.which("pod")
+    if found:
+        return [found]
+    raise SetupError("the `pod` command is not installed (run `make deps` in the repository)")
+
+
+def pod_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def pod(*args, timeout=120, check=False) -> subprocess.CompletedProcess:
+    r = subprocess.run(pod_command() + [str(a) for a in args], env=pod_env(), text=True,
+                       capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and r.returncode != 0:
+        raise SetupError(f"pod {args[0]} failed: {r.stderr.strip() or r.stdout.strip()}")
+    return r
+
+
+def pod_running(name: str) -> bool:
+    r = pod("list", "--json")
+    if r.returncode != 0:
+        raise SetupError(f"pod list failed: {r.stderr.strip()}")
+    return any(p.get("name") == name and p.get("state") in ("running", "starting")
+               for p in json.loads(r.stdout or "[]"))
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("PEAPOD_RUN", "/run/peapod"))
+
+
+# ------------------------------------------------------------------ packages
+
+def missing_packages(packages: list[str]) -> list[str]:
+    missing = []
+    for p in packages:
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True,
+                           text=True)
+        if r.returncode != 0 or "install ok installed" not in r.stdout:
+            missing.append(p)
+    return missing
+
+
+def ensure_packages(packages: list[str], debconf: list[str] = ()) -> None:
+    missing = missing_packages(packages)
+    if not missing:
+        return
+    say(f"installing Debian packages: {' '.join(missing)}")
+    if debconf:
+        subprocess.run(["debconf-set-selections"], input="\n".join(debconf) + "\n", text=True,
+                       check=False, capture_output=True)
+    saved = POLICY_RC.read_bytes() if POLICY_RC.exists() else None
+    saved_mode = POLICY_RC.stat().st_mode if saved is not None else None
+    # 101 = "action forbidden": invoke-rc.d then starts nothing on install.
+    POLICY_RC.write_text("#!/bin/sh\n# examples/*/setup: no daemon starts on install\nexit 101\n")
+    os.chmod(POLICY_RC, 0o755)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        r = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                            *missing], env=env, capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            # A fresh machine may have no package lists yet.
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True,
+                           timeout=600)
+            r = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                                *missing], env=env, capture_output=True, text=True,
+                               timeout=900)
+        if r.returncode != 0:
+            last = (r.stderr.strip() or r.stdout.strip()).splitlines()[-1:]
+            raise SetupError(f"cannot install {' '.join(missing)}: "
+                             f"{last[0] if last else 'apt-get failed'}")
+    finally:
+        if saved is None:
+            POLICY_RC.unlink(missing_ok=True)
+        else:
+            POLICY_RC.write_bytes(saved)
+            os.chmod(POLICY_RC, saved_mode)
+    still = missing_packages(packages)
+    if still:
+        raise SetupError(f"Debian packages still missing after install: {' '.join(still)}")
+
+
+def stop_host_daemons(programs: list[str]) -> None:
+    """SIGTERM to host copies (processes in the host's pid namespace) of the
+    pods' daemons: the host runs none of them."""
+    host_ns = os.readlink("/proc/self/ns/pid")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            exe = os.readlink(f"/proc/{entry}/exe")
+            ns = os.readlink(f"/proc/{entry}/ns/pid")
+        except OSError:
+            continue
+        if exe in programs and ns == host_ns:
+            # Only a copy started on the host (a pod's copy lives in the pod's
+            # own pid namespace, a host bench's copy is chrooted).
+            try:
+                if os.readlink(f"/proc/{entry}/root") != "/":
+                    continue
+                os.kill(int(entry), 15)
+                say(f"stopped the host's copy of {exe} (pid {entry})")
+            except OSError:
+                pass
+
+
+# ------------------------------------------------------------------ the root
+
+def base_tree(root: Path, *, hostname: str, hosts_line: str) -> None:
+    """What every example pod's root holds besides its service: the files
+    the C library reads, /tmp, /root, /run. /usr, /bin, /lib, /lib64, /sbin
+    are mount points the pod's daemon creates and fills from the host."""
+    for d, mode in (("etc", 0o755), ("tmp", 0o1777), ("root", 0o700), ("run", 0o755),
+                    ("var/log", 0o755), ("var/tmp", 0o1777), ("home", 0o755)):
+        (root / d).mkdir(parents=True, exist_ok=True)
+        os.chmod(root / d, mode)
+    etc = root / "etc"
+    for f in ("nsswitch.conf", "services", "protocols", "ld.so.cache", "host.conf"):
+        if Path("/etc", f).exists():
+            shutil.copy2(Path("/etc", f), etc / f)
+    os.symlink("/usr/share/zoneinfo/Etc/UTC", etc / "localtime")
+    write(etc / "hostname", hostname + "\n")
+    write(etc / "hosts", f"127.0.0.1 localhost\n{hosts_line}\n")
+    write(etc / "resolv.conf", "# no DNS in this pod\n")
+
+
+def remove_stale_temps(root: Path) -> None:
+    """Temporary roots of earlier runs that died (their pid is gone)."""
+    for tmp in root.parent.glob(f".{root.name}.new-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and Path(f"/proc/{pid}").exists() and int(pid) != os.getpid():
+            continue
+        say(f"removing {tmp} (left by an earlier setup that failed)")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_root(root: Path, build, rebuild: bool, running: bool) -> None:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root)
+    if root.exists() or root.is_symlink():
+        if not (root / MARKER).is_file() or root.is_symlink():
+            raise SetupError(f"{root} exists but was not built by this setup (no /{MARKER} "
+                             f"inside): a root left over; move it away and run setup again")
+        if not rebuild:
+            say(f"root {root} is already built")
+            return
+        if running:
+            raise SetupError("--rebuild: stop the pod first")
+        say(f"removing {root} (--rebuild)")
+        shutil.rmtree(root)
+    tmp = root.parent / f".{root.name}.new-{os.getpid()}"
+    say(f"building the root in {tmp}")
+    tmp.mkdir(mode=0o755)
+    try:
+        build(tmp)
+        write(tmp / MARKER, json.dumps({"built": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                time.gmtime())}) + "\n")
+        os.chmod(tmp / MARKER, 0o600)
+        os.rename(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"root ready: {root}")
+
+
+# ------------------------------------------------------------------ starting
+
+def address_in_use(ip: str) -> str | None:
+    """The host interface that already holds ``ip`` (another pod with the
+    same [pod.net] address), or None."""
+    r = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
+                       timeout=20)
+    for line in r.stdout.splitlines():
+        m = re.search(r"^\d+:\s+(\S+)\s+inet\s+([\d.]+)/", line)
+        if m and m.group(2) == ip:
+            return m.group(1)
+    return None
+
+
+def wait_for_port(ip: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((ip, port), timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def tail(path: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def start_pod(info: PolicyInfo, port: int, service: str, logs: list[Path]) -> None:
+    if info.host_ip:
+        used = address_in_use(info.host_ip)
+        if used:
+            raise SetupError(f"address {info.host_ip} (host side of {info.ip}) is already on "
+                             f"interface {used}: another pod with the same [pod.net] address "
+                             f"is running; stop it first")
+    say(f"starting pod {info.name}: pod start {info.path}")
+    r = pod("start", info.path, timeout=180)
+    if r.returncode != 0:
+        raise SetupError(f"pod start failed: {r.stderr.strip()}")
+    if info.ip:
+        if not wait_for_port(info.ip, port, 60):
+            detail = "; ".join(t for t in (tail(p, 5) for p in logs) if t)
+            raise SetupError(f"{service} does not answer on {info.ip}:{port} within 60 s "
+                             f"(port in use or the service failed){': ' + detail if detail else ''}")
+        say(f"{service} answers on {info.ip}:{port}")
+
+
+def add_common_args(p, default_policy: Path) -> None:
+    p.add_argument("--policy", type=Path, default=default_policy,
+                   help=f"the pod's policy (default {default_policy})")
+    p.add_argument("--rebuild", action="store_true",
+                   help="rebuild the root even if it is already built (the pod must be stopped)")
+    p.add_argument("--no-start", action="store_true", help="build only, do not start the pod")
+
+
+def run_setup(args, *, example: str, packages, debconf, host_daemons, build, port, service,
+              after_start=None, logs=()) -> int:
+    try:
+        if os.geteuid() != 0:
+            raise SetupError("must run as root (packages, pod root ownership, pods)")
+        info = PolicyInfo(args.policy)
+        ensure_packages(packages, debconf)
+        stop_host_daemons(host_daemons)
+        running = pod_running(info.name)
+        ensure_root(info.root, build, args.rebuild, running)
+        if args.no_start:
+            return 0
+        if running:
+            say(f"pod {info.name} is already running")
+            return 0
+        start_pod(info, port, service, [info.root / p for p in logs])
+        try:
+            if after_start is not None:
+                after_start(info)
+        except BaseException:
+            pod("stop", info.name, timeout=120)
+            raise
+        say(f"pod {info.name} is running; stop it with: pod stop {info.name}")
+        return 0
+    except SetupError as e:
+        print(f"{example} setup: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{example} setup: interrupted", file=sys.stderr)
+        return 130
