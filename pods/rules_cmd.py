@@ -14,6 +14,7 @@ import json
 import sys
 
 import rules
+from rules.lint import warnings
 
 EXIT_BAD_INPUT = 2
 
@@ -30,7 +31,9 @@ def register(sub) -> None:
     c = rsub.add_parser(
         "check", help="validate policy files (exit 0, or FILE:LINE errors and exit 2)",
         description="Validate each POLICY; print every problem as FILE:LINE: message on "
-                    "stderr and exit 2 if there is one, else print POLICY: ok and exit 0.")
+                    "stderr and exit 2 if there is one, else print POLICY: ok and exit 0. "
+                    "Warnings (FILE:LINE: warning: ...) about rules that cannot take effect "
+                    "do not change the exit status.")
     c.add_argument("policies", nargs="+", metavar="POLICY", help="policy file (TOML)")
     c.add_argument("-q", "--quiet", action="store_true", help="print nothing when a policy is valid")
     c.set_defaults(func=check)
@@ -63,7 +66,12 @@ def check(args: argparse.Namespace) -> int:
         policy = _load(path)
         if policy is None:
             status = EXIT_BAD_INPUT
-        elif not args.quiet:
+            continue
+        # The file was just read and decoded by load: read it again only
+        # for the warnings' line numbers.
+        for warning in warnings(policy, policy.file.read_text("utf-8", "replace"), path):
+            print(warning, file=sys.stderr)
+        if not args.quiet:
             print(f"{path}: ok (pod {policy.name}; peas {', '.join(policy.peas)})")
     return status
 

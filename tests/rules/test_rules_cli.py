@@ -175,3 +175,27 @@ def test_pod_script_is_installed():
     result = subprocess.run([str(pod), "rules", "check", MAIL], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_check_warns_about_rules_that_cannot_take_effect(tmp_path, capsys):
+    policy = tmp_path / "w.toml"
+    policy.write_text(
+        '[pod]\nname = "t"\nroot = "r"\ndefault_pea = "a"\n'     # 1-4
+        "[pea.a]\ncomplain = true\n"                              # 5-6
+        '[pea.a.files]\n"/usr/lib/cgi-bin/ok" = "rx"\n"/bin/" = "r"\n"/opt/" = "rx"\n'  # 7-10
+        '[pea.a.exec]\n"/usr/lib/cgi-bin/" = "b"\n"/bin/sh" = "b"\n"/sbin/" = "b"\n'   # 11-14
+        '"/opt/x/y" = "b"\n"/" = "b"\n'                           # 15-16
+        "[pea.b]\n")
+    assert cli.main(["rules", "check", str(policy)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{policy}: ok (pod t; peas a, b)\n"
+    assert err == (
+        f"{policy}:6: warning: pea a is in complain mode: its refusals are logged, not enforced\n"
+        f'{policy}:13: warning: transition "/bin/sh" = "b" never happens: pea a has no x on /bin/sh\n'
+        f'{policy}:14: warning: transition "/sbin/" = "b" never happens: pea a has no x on '
+        "anything below /sbin\n")
+
+
+def test_examples_have_no_warnings(capsys):
+    assert cli.main(["rules", "check", "-q", MAIL, WEB]) == 0
+    assert capsys.readouterr() == ("", "")
