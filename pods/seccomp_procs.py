@@ -30,6 +30,7 @@ NS_GET_PARENT = (0xB7 << 8) | 2          # _IO(0xb7, 2)
 PIDFD_GET_PID_NAMESPACE = (0xFF << 8) | 5  # _IO(PIDFS_IOCTL_MAGIC, 5), Linux 6.11
 
 CAP_KILL = 5
+SIGCONT = 18
 CAP_NET_BIND_SERVICE = 10
 CAP_SYS_PTRACE = 19
 
@@ -366,16 +367,27 @@ class PodProcs:
         return out
 
 
-def may_signal(caller: Caller, target: Target) -> bool:
-    """The kernel's kill_ok_by_cred, for signals the supervisor sends on a
-    caller's behalf: the sender's real or effective uid is the target's real
-    or saved uid, or the sender has CAP_KILL (in the pod's user namespace,
-    which is every pod process's: nested user namespaces are refused)."""
+def may_signal(caller: Caller, target: Target, sig: int = 0) -> bool:
+    """The kernel's check_kill_permission, for signals the supervisor sends
+    on a caller's behalf: its own thread group; the sender's real or
+    effective uid is the target's real or saved uid; the sender has CAP_KILL
+    (in the pod's user namespace, which is every pod process's: nested user
+    namespaces are refused); or SIGCONT within the sender's session."""
     i = target.info
+    if i.tgid == caller.tgid:
+        return True
     ruid, euid = caller.uids[0], caller.uids[1]
     if euid in (i.suid, i.ruid) or ruid in (i.suid, i.ruid):
         return True
-    return caller.has_cap(CAP_KILL)
+    if caller.has_cap(CAP_KILL):
+        return True
+    if sig == SIGCONT:
+        st = read_status(target.host)
+        # read after pinning, checked alive after reading: the status was
+        # the pinned process's
+        if st is not None and "NSsid" in st and target.alive():
+            return _ints(st["NSsid"])[0] == _ints(caller.status["NSsid"])[0]
+    return False
 
 
 def may_ptrace(caller: Caller, target: Target) -> bool:

@@ -193,7 +193,8 @@ class Supervisor:
                         except OSError as e:
                             if e.errno in (errno.ENOENT, errno.EINTR):
                                 break   # the caller went away meanwhile
-                            raise
+                            log.error("listener %d: %s; closing it (its calls now fail)", fd, e)
+                            return
                         self._handle(fd, note)
                         ev = poller.poll(0)
                         if not ev or not ev[0][1] & select.POLLIN:
@@ -229,6 +230,12 @@ class Supervisor:
             return
         try:
             self._answer(fd, note, ans)
+        except OSError as e:
+            log.error("answering %s by %d: %s", name, note.pid, e)
+            try:   # never leave a caller blocked: refuse
+                notify.respond(fd, note.id, error=errno.EPERM)
+            except OSError:
+                pass
         finally:
             self.busy_ns += time.perf_counter_ns() - t0
 
@@ -409,7 +416,7 @@ class Supervisor:
             if t is None:
                 continue
             try:
-                if caller.pea is None or t.pea != caller.pea or not procs.may_signal(caller, t):
+                if caller.pea is None or t.pea != caller.pea or not procs.may_signal(caller, t, sig):
                     refused += 1
                     continue
                 try:
@@ -508,7 +515,7 @@ class Supervisor:
             t = self._pinned_by_pidfd(caller, copy)
             if caller.pea is None or t.pea != caller.pea:
                 return ERR(errno.EPERM)
-            if not procs.may_signal(caller, t):
+            if not procs.may_signal(caller, t, sig):
                 return ERR(errno.EPERM)
             if not notify.id_valid(fd, note.id):
                 return ERR(errno.ESRCH)

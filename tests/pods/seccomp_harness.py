@@ -207,8 +207,10 @@ def op_unix_pair_sendmsg():
 _conns = {}
 
 
-def op_tcp_connect_keep(port):
+def op_tcp_connect_keep(port, rcvbuf=0):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     try:
         s.connect(("127.0.0.1", port))
     except OSError as e:
@@ -227,12 +229,35 @@ def op_recv(key, n=100, timeout=5.0):
         return -e.errno
 
 
-def op_accept_sendmsg(port, data):
+def op_recv_all(key, n, timeout=30.0):
+    """Read until ``n`` bytes or a pause of 1 s; returns the count."""
+    s = _conns[key]
+    got = 0
+    end = time.monotonic() + timeout
+    s.settimeout(1.0)
+    while got < n and time.monotonic() < end:
+        try:
+            chunk = s.recv(1 << 16)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
+
+
+def op_accept_sendmsg(port, data, sndbuf=0):
     """Accept one connection on the listener bound to ``port`` and answer
-    with sendmsg without an address: (bytes sent or -errno)."""
+    with sendmsg without an address: (bytes sent or -errno). ``data``: bytes,
+    or a size (that many bytes)."""
+    if isinstance(data, int):
+        data = b"x" * data
     s = _socks[port]
     s.settimeout(5.0)
     c, _ = s.accept()
+    c.settimeout(None)
+    if sndbuf:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     _conns[("acc", port)] = c
     try:
         return c.sendmsg([data])

@@ -102,3 +102,30 @@ async def test_bind_race_never_binds_a_refused_port():
         assert n_ok + sum(errs.values()) == 3000
         # both outcomes happened: the race was real
         assert n_ok > 0 and errs.get(errno.EACCES, 0) > 0
+
+
+async def test_a_blocking_send_does_not_stall_the_supervisor():
+    """A send the supervisor performs may block (the peer does not read):
+    it runs in a worker thread, and other calls are decided meanwhile."""
+    async with fake_pod(PEAS) as pod:
+        a = await pod.agent("a")
+        a2 = await pod.agent("a")
+        b = await pod.agent("b")
+        assert await b.call("bind", socket.AF_INET, 8081, listen=True) == 8081
+        key = await a.call("tcp_connect_keep", 8081, 4096)
+        big = 8 << 20
+        async with trio.open_nursery() as nursery:
+            result = {}
+
+            async def send():
+                result["n"] = await b.call("accept_sendmsg", 8081, big, 4096, timeout=60)
+
+            nursery.start_soon(send)
+            await trio.sleep(0.5)
+            assert "n" not in result            # blocked: a is not reading
+            for _ in range(20):                 # meanwhile, decisions go on
+                assert await a.call("kill", a2.vpid, 0) == 0
+            got = await a.call("recv_all", key, 1 << 20, timeout=60)
+        # one performed sendmsg copies at most 1 MiB: a short write, as the
+        # kernel may give for a stream socket
+        assert result["n"] == got == 1 << 20

@@ -176,6 +176,31 @@ async def test_kill_minus_one_keeps_unix_permissions_within_the_pea():
         assert await user.call("kill", a1.vpid, signal.SIGKILL) == -errno.EPERM
 
 
+async def test_sigcont_within_the_session_passes_the_uid_rule():
+    """The kernel lets any process continue a stopped process of its own
+    session whatever the uids: the supervisor's group signals do too."""
+    async with fake_pod(PEAS) as pod:
+        a2 = await pod.agent("a")
+        b1 = await pod.agent("b")
+        user = await pod.agent("a")
+        assert await user.call("become", 1000) == 0
+        os.kill(a2.host, signal.SIGSTOP)
+        os.kill(b1.host, signal.SIGSTOP)
+        try:
+            with trio.fail_after(5):
+                while state(a2.host) != "T" or state(b1.host) != "T":
+                    await trio.sleep(0.01)
+            assert await user.call("kill", -1, signal.SIGCONT) == 0
+            with trio.fail_after(5):
+                while state(a2.host) == "T":
+                    await trio.sleep(0.01)
+            await trio.sleep(0.1)
+            assert state(b1.host) == "T"          # another pea: untouched
+        finally:
+            os.kill(b1.host, signal.SIGCONT)
+            os.kill(a2.host, signal.SIGCONT)
+
+
 async def test_process_group_spanning_peas_is_signalled_in_the_callers_pea_only():
     async with fake_pod(PEAS) as pod:
         a1 = await pod.agent("a")
