@@ -221,8 +221,13 @@ class PeaFS(pyfuse3.Operations):
 
     @handler
     def getattr(self, inode_id, ctx):
-        pea = self.enf.caller(ctx, "getattr")
         ino = self.table[inode_id]
+        if ino is self.table.root and self.enf.pea_name(ctx) is None:
+            # The one thing outsiders may see: the mount point's own
+            # attributes, so host tools can tell it is a mount (ismount,
+            # findmnt, the pod daemon's own checks). Nothing below it.
+            return self._attrs(ino, os.fstat(ino.fd))
+        pea = self.enf.caller(ctx, "getattr")
         return self._answer(ino, os.fstat(ino.fd), ctx, pea)
 
     @handler
@@ -483,7 +488,10 @@ class PeaFS(pyfuse3.Operations):
         return os.pwrite(fh, buf, off)
 
     async def flush(self, fh):
-        pass
+        # Nothing to do at close(2) (data goes straight to the staging file;
+        # fsync is fsync). ENOSYS makes the kernel stop sending FLUSH at
+        # all: one round trip less for every close.
+        raise ERR(errno.ENOSYS)
 
     @handler
     def release(self, fh):
@@ -525,10 +533,17 @@ class PeaFS(pyfuse3.Operations):
         for i in range(max(start_id, 2), len(names) + 2):
             name = names[i - 2]
             try:
-                fd = os.open(name, OPEN_PATH, dir_fd=h.fd)
+                st = os.stat(name, dir_fd=h.fd, follow_symlinks=False)
+                ino = self.table.by_key((st.st_dev, st.st_ino))
+                if ino is not None and ino.fmt == stat.S_IFMT(st.st_mode):
+                    # Already held (the common case on a second listing):
+                    # count the kernel's new reference, skip the open.
+                    ino = self.table.remember_again(ino, h.ino, name)
+                else:
+                    fd = os.open(name, OPEN_PATH, dir_fd=h.fd)
+                    ino, st = self._adopt(h.ino, name, fd)
             except FileNotFoundError:
                 continue
-            ino, st = self._adopt(h.ino, name, fd)
             a = self._attrs(ino, st)
             if ino.is_special:
                 # No caller context here: the refusing answer, which a
@@ -551,7 +566,8 @@ class PeaFS(pyfuse3.Operations):
 
     @handler
     def statfs(self, ctx):
-        self.enf.caller(ctx, "statfs")
+        # Free space of the staging file system: not refused to outsiders
+        # (df walks every mount), it names no object of the pod.
         sv = os.statvfs(self.table.root.fd)
         d = pyfuse3.StatvfsData()
         for f in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
@@ -574,6 +590,11 @@ class PeaFS(pyfuse3.Operations):
 
     @handler
     def getxattr(self, inode_id, name, ctx):
+        if name == b"security.capability":
+            # Asked by the kernel before every write (to drop file
+            # capabilities); on a nosuid mount they never apply, and a pod
+            # cannot set them: answer at once, without a check or a syscall.
+            raise ERR(errno.ENODATA)
         ino = self.table[inode_id]
         self.enf.check(ctx, "getxattr", "r", self._paths(ino))
         if ino.fmt == stat.S_IFLNK:

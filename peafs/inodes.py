@@ -117,6 +117,12 @@ class InodeTable:
         ino.lookups += 1
         return ino
 
+    def remember_again(self, ino: Inode, parent: Inode, name: str) -> Inode:
+        """Account one more kernel lookup of a held object found by key."""
+        ino.links.add((parent, name))
+        ino.lookups += 1
+        return ino
+
     def forget(self, node_id: int, count: int) -> None:
         ino = self._by_id.get(node_id)
         if ino is None or ino is self.root:

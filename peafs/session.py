@@ -78,7 +78,9 @@ class PeaFSSession:
             raise RuntimeError("PeaFSSession.serve() before mount()")
         self._serving = True
         try:
-            await pyfuse3.main()
+            # Handlers never await (each runs to completion), so one worker
+            # task does all the work; more would only add task churn.
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
         finally:
             self._serving = False
             self._finish()
