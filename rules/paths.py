@@ -10,8 +10,18 @@ compares components byte for byte, so a rule must be written the same way.
 
 from __future__ import annotations
 
+import re
+
 NAME_MAX = 255    # bytes in one component (Linux NAME_MAX)
 PATH_MAX = 4095   # bytes in a path, without the final NUL (Linux PATH_MAX - 1)
+
+
+# A clean path, for the fast path of path_problem (a policy of 100 000 rules
+# checks 100 000 paths): components that are not "." or "..", hold no "/" or
+# control character and do not end in white space (\s is str.isspace), and
+# an optional trailing slash.
+_COMPONENT = r"(?!\.\.?(?:/|\Z))[^/\x00-\x1f\x7f]*[^/\s\x00-\x1f\x7f]"
+_CLEAN = re.compile(rf"/|(?:/{_COMPONENT})+/?")
 
 
 def path_problem(path: str) -> str | None:
@@ -20,6 +30,15 @@ def path_problem(path: str) -> str | None:
     A single trailing slash is allowed (the caller decides what it means);
     the path "/" is clean.
     """
+    # Short ASCII paths have short components: only the syntax to check.
+    if len(path) <= NAME_MAX and path.isascii() and _CLEAN.fullmatch(path):
+        return None
+    return explain_path(path)
+
+
+def explain_path(path: str) -> str | None:
+    """path_problem without its fast path: each rule checked in turn, for
+    the message."""
     if path == "":
         return "is empty"
     if "\0" in path:
