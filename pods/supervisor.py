@@ -164,6 +164,10 @@ class Supervisor:
     def _drop(self, fd: int) -> None:
         if fd in self._listeners:
             self._listeners.discard(fd)
+            try:   # wake a task waiting on it before the number is reused
+                trio.lowlevel.notify_closing(fd)
+            except (RuntimeError, OSError):
+                pass   # not in trio, or nobody waits
             try:
                 os.close(fd)
             except OSError:
@@ -178,7 +182,10 @@ class Supervisor:
         poller.register(fd, select.POLLIN)
         try:
             while fd in self._listeners:
-                await trio.lowlevel.wait_readable(fd)
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError:
+                    return   # closed by close()
                 if fd not in self._listeners:
                     return
                 ev = poller.poll(0)
