@@ -265,6 +265,48 @@ def op_accept_sendmsg(port, data, sndbuf=0):
         return -e.errno
 
 
+def op_udp_sendmmsg(port, with_addr=True, n=2, connect=None):
+    """sendmmsg of ``n`` one-byte datagrams (raw call: Python has no wrapper):
+    (messages sent or -errno, msg_len of each)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if (not with_addr) if connect is None else connect:
+            s.connect(("127.0.0.1", port))
+        addr = ctypes.create_string_buffer(16)
+        struct.pack_into("<H", addr, 0, socket.AF_INET)
+        struct.pack_into("!H4s", addr, 2, port, socket.inet_aton("127.0.0.1"))
+        data = ctypes.create_string_buffer(b"m", 1)
+        iov = ctypes.create_string_buffer(struct.pack("QQ", ctypes.addressof(data), 1))
+        vec = ctypes.create_string_buffer(64 * n)
+        for i in range(n):
+            struct.pack_into("QI4xQQQQi4xI4x", vec, 64 * i,
+                             ctypes.addressof(addr) if with_addr else 0, 16 if with_addr else 0,
+                             ctypes.addressof(iov), 1, 0, 0, 0, 0)
+        rc, e = sc(307, s.fileno(), ctypes.addressof(vec), n, 0)
+        if rc < 0:
+            return -e, []
+        return rc, [struct.unpack_from("I", vec, 64 * i + 56)[0] for i in range(n)]
+    finally:
+        s.close()
+
+
+def op_family_bind(family):
+    """bind() a socket of another family: AF_PACKET (on lo) or AF_NETLINK."""
+    if family == socket.AF_PACKET:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+        addr = ("lo", 0x0800)
+    else:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)   # NETLINK_ROUTE
+        addr = (0, 0)
+    try:
+        s.bind(addr)
+        return 0
+    except OSError as e:
+        return -e.errno
+    finally:
+        s.close()
+
+
 def op_udp_recv(port, timeout=2.0):
     s = _socks[port]
     s.settimeout(timeout)

@@ -129,3 +129,30 @@ async def test_a_blocking_send_does_not_stall_the_supervisor():
         # one performed sendmsg copies at most 1 MiB: a short write, as the
         # kernel may give for a stream socket
         assert result["n"] == got == 1 << 20
+
+
+async def test_sendmmsg_follows_the_same_rules():
+    async with fake_pod(PEAS) as pod:
+        a = await pod.agent("a")
+        b = await pod.agent("b")
+        assert await a.call("bind", socket.AF_INET, 8080, socket.SOCK_DGRAM) == 8080
+        assert await b.call("udp_sendmmsg", 8080, True) == (EACCES, [])
+        assert await a.call("udp_sendmmsg", 8080, True) == (2, [1, 1])
+        # without addresses, on a connected socket (pea a may connect)
+        assert await a.call("udp_sendmmsg", 8080, False) == (2, [1, 1])
+        # in pea b no UDP socket can be connected; without addresses the
+        # supervisor performs the sends from copies and gets the kernel's
+        # answer for an unconnected socket
+        assert await b.call("udp_sendmmsg", 8080, False, 2, False) == (-errno.EDESTADDRREQ, [])
+
+
+async def test_other_socket_families():
+    async with fake_pod(PEAS) as pod:
+        a = await pod.agent("a")
+        b = await pod.agent("b")
+        # raw frames are outgoing network: only with connect = true
+        assert await a.call("family_bind", socket.AF_PACKET) == 0
+        assert await b.call("family_bind", socket.AF_PACKET) == EACCES
+        # netlink is the pod's own kernel configuration: not a network
+        assert await a.call("family_bind", socket.AF_NETLINK) == 0
+        assert await b.call("family_bind", socket.AF_NETLINK) == 0
