@@ -8,7 +8,7 @@ import select
 import subprocess
 import time
 
-from conftest import peafs_cmd
+from peafs_support import peafs_cmd
 from helpers_peafs import in_subprocess_as_host, run_snippet
 
 POLICY = r'''

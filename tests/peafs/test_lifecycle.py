@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import peafs_cmd, run_in_pea
+from peafs_support import peafs_cmd, run_in_pea
 from helpers_peafs import in_subprocess_as_host, run_snippet
 
 POLICY = '[pea.all.files]\n"/" = "rwx"\n'
@@ -99,7 +99,7 @@ out = {{"list": E(listdir, mp), "stat": E(os.stat, mp + "/f"), "read": E(read, m
 
 
 def test_foreground_mount_ends_on_sigterm(tmp_path, monkeypatch):
-    from conftest import _fill_policy, kill_pod
+    from peafs_support import _fill_policy, kill_pod
     pod = f"t{os.urandom(5).hex()}"
     root = tmp_path / "root"
     root.mkdir()
@@ -150,7 +150,7 @@ print("served", flush=True)
 
 
 def test_session_api(tmp_path):
-    from conftest import _fill_policy, kill_pod
+    from peafs_support import _fill_policy, kill_pod
     pod = f"t{os.urandom(5).hex()}"
     root, mp, state = tmp_path / "root", tmp_path / "mnt", tmp_path / "state"
     root.mkdir()

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_in_pea
+from peafs_support import run_in_pea
 from helpers_peafs import in_subprocess_as_host, run_snippet, tree
 
 POLICY = r'''
@@ -272,7 +272,7 @@ out = [E(opens, "pipes/nonefifo", os.O_RDONLY | os.O_NONBLOCK),
 
 def test_sockets_guarded_even_against_pod_root(m):
     # A long-lived server: .run waits for its command, so use Popen directly.
-    from conftest import peafs_cmd
+    from peafs_support import peafs_cmd
     proc = subprocess.Popen(
         peafs_cmd("run", m.mountpoint, "--pea", "all", "--", "/usr/bin/python3", "-I", "-S", "-c", r'''
 import socket, os, sys

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from conftest import run_in_pea
+from peafs_support import run_in_pea
 from helpers_peafs import in_subprocess_as_host, run_snippet
 
 POLICY = '[pea.all.files]\n"/" = "rwx"\n'

@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,10 +35,7 @@ import pytest
 
 from peafs import cgroup
 from pods import limits, netns
-
-POD = [sys.executable, "-m", "pods.cli"]
-PY = "/usr/bin/python3"
-REPO = Path(__file__).resolve().parents[2]
+from pod_support import POD, PY, REPO
 
 
 def make_staging(base: Path) -> Path:

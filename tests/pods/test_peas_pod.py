@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.pods.conftest import POD
+from pod_support import POD
 
 PEAS = '''
 [pea.main.files]

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from conftest import POD
+from pod_support import POD
 
 
 def test_exit_status_is_cmd_s(shared_pod):

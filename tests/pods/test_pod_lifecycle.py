@@ -13,7 +13,7 @@ from pathlib import Path
 from peafs import cgroup
 from pods import limits, netns
 
-from conftest import POD
+from pod_support import POD
 
 
 def _host_pids_alive(pids) -> list[int]:
@@ -55,6 +55,16 @@ def _pod_host_pids(pod) -> list[int]:
                                                    st["init_pid"]})
 
 
+def _sleeps(pids: list[int]) -> int:
+    count = 0
+    for pid in pids:
+        try:
+            count += Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x001000\x00"
+        except OSError:
+            pass
+    return count
+
+
 def test_stop_leaves_no_process_mount_cgroup_veth_or_file(pod_factory):
     pod = pod_factory.start(net="10.231.%d.2/24" % (os.getpid() % 250), limits_={"pids": 100})
     host_if = netns.host_ifname(pod.name)
@@ -65,8 +75,12 @@ def test_stop_leaves_no_process_mount_cgroup_veth_or_file(pod_factory):
                          env=pod_factory.env(), stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "up"
-    pids = _pod_host_pids(pod)
-    assert len(pids) >= 5
+    # "up" is printed before sh forks the two sleeps: wait (bounded) until
+    # both run, so the stop below has TERM-ignoring processes to KILL.
+    deadline = time.monotonic() + 20
+    while _sleeps(pids := _pod_host_pids(pod)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sleeps(pids) == 2 and len(pids) >= 5, pids
     r = pod.stop()
     assert r.returncode == 0, r.stderr
     p.wait(timeout=30)
