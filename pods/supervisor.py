@@ -54,7 +54,7 @@ kernel configuration; PeaFS rules named sockets): the family is read from
 the supervisor's copy of the socket, so this is exact for single-threaded
 callers (the filter refuses shared descriptor tables between processes);
 a multi-threaded caller could swap the descriptor between the check and the
-kernel's call (see docs/SECURITY_PEAS.md, "Known limits").
+kernel's call (see docs/SECURITY.md, "Known limits").
 """
 
 from __future__ import annotations
