@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import shutil
 import signal
 import socket
@@ -116,8 +117,13 @@ class PodDaemon:
         else:
             from peafs.session import PeaFSSession
 
-            self.session = PeaFSSession(self.policy.root, self.mnt, self.policy,
-                                        self.dir / "peafs")
+            # Link rules and the audit log outlive the pod (pods/runtime.py).
+            lasting = runtime.lasting_dir(self.policy.root)
+            try:
+                lasting.mkdir(mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise StartError(f"state directory {lasting}: {e.strerror or e}") from e
+            self.session = PeaFSSession(self.policy.root, self.mnt, self.policy, lasting)
             try:
                 self.session.mount()
             except Exception as e:  # noqa: BLE001 - reported as a start failure
@@ -418,8 +424,13 @@ class PodDaemon:
                 signal.pidfd_send_signal(self.init_pidfd, signal.SIGTERM)
             except OSError:
                 pass
+            # Polled, not trio's wait_readable: _watch_init already waits on
+            # this fd, and trio allows one waiter per fd (BusyResourceError,
+            # which used to cancel the nursery, PeaFS with it, before the
+            # pod's processes could finish their shutdown).
             with trio.move_on_after(self.stop_timeout):
-                await trio.lowlevel.wait_readable(self.init_pidfd)
+                while not _readable_now(self.init_pidfd):
+                    await trio.sleep(0.02)
         limits.kill_all(self.name)
         if self.keeper is not None:
             with trio.move_on_after(self.stop_timeout):
@@ -474,6 +485,13 @@ def cleanup_leftovers(name: str) -> list[str]:
             pass
     shutil.rmtree(d, ignore_errors=True)
     return problems
+
+
+def _readable_now(fd: int) -> bool:
+    """A pidfd is readable once its process has exited."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
 
 
 def _leaf(e: BaseException) -> BaseException:

@@ -151,7 +151,9 @@ def mount_proc_and_dev(root_fd: int, pts_gid: int | None) -> None:
             os.close(pts)
         shm = walk_dir(dev, "shm")
         try:
-            ns.mount("shm", fd_path(shm), "tmpfs", ns.MS_NOSUID | ns.MS_NODEV,
+            # noexec: a program copied here would run without PeaFS seeing
+            # the exec (no x check, no transition).
+            ns.mount("shm", fd_path(shm), "tmpfs", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC,
                      "mode=1777,size=64m")
         finally:
             os.close(shm)

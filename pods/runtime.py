@@ -9,7 +9,17 @@
             daemon.log           the daemon's stderr
             init.log             output of the policy's init program
             mnt/                 mount point of the pod's PeaFS (in the daemon's mount ns)
-            peafs/               PeaFS state (link rules, audit log)
+
+    ROOT.peapod/                 next to the pod's staging directory ROOT (mode 0700):
+        links.json               hard-link rules (kept across stops: they belong to
+                                 the files of ROOT, see docs/SECURITY.md)
+        audit.log                the pod's refusals, one JSON object per line
+
+`pod stop` removes everything under $PEAPOD_RUN/pods/NAME and nothing of
+ROOT.peapod: a link made in one run must keep its rule in the next (else a
+pea could link a file it may only read into a directory it may write, and
+write it after a restart), and an audit log is worth nothing if it is gone
+with the pod it is about.
 
 Liveness is the flock on ``lock``, not a pid: a lock dies with its holder, so
 a reused pid can never make a dead pod look alive.
@@ -40,6 +50,13 @@ def pod_dir(name: str) -> Path:
         # climb out of pods/ ("..", "/") before it is joined.
         raise ValueError(f"invalid pod name {name!r}")
     return pods_dir() / name
+
+
+def lasting_dir(root: Path) -> Path:
+    """The directory of a pod's lasting PeaFS state: ROOT.peapod beside the
+    staging directory ROOT (outside it, so no pod process can reach it)."""
+    root = Path(root)
+    return root.parent / f"{root.name}.peapod"
 
 
 def read_state(name: str) -> dict | None:

@@ -46,11 +46,15 @@ Refused with EPERM, and what each refusal prevents:
   filter never sees); keyctl, add_key, request_key (kernel keyrings are not
   namespaced); userfaultfd (pauses kernel code at a chosen page: the classic
   aid for winning kernel races); modify_ldt (CPU emulation).
-- Mounts: the new mount API (fsopen, fsconfig, fsmount, fspick, open_tree,
-  open_tree_attr, move_mount, mount_setattr), and pivot_root. The pod's
-  mounts are made by the daemon before the pod runs; classic mount/umount
-  stay available to pod root for its own mount namespace, where the kernel's
-  user-namespace rules (FS_USERNS_MOUNT types only, locked mounts) apply.
+- Mounts: mount, umount2, the new mount API (fsopen, fsconfig, fsmount,
+  fspick, open_tree, open_tree_attr, move_mount, mount_setattr), and
+  pivot_root. The pod's mounts are made by the daemon and pid 1 before the
+  filter exists. All peas of a pod share one mount namespace, so a mount
+  made by pod root in one pea changes what every pea sees: a bind of a
+  directory the pea may write over /etc feeds planted files to the other
+  peas, and a tmpfs holds programs PeaFS never sees executed. (A new mount
+  namespace, unshare(CLONE_NEWNS), is then harmless: nothing can be
+  mounted in it either.)
 - Nested user namespaces: clone or unshare with CLONE_NEWUSER. A new user
   namespace gives its creator every capability again, over new namespaces,
   and opens kernel code reserved for capable users (Docker refuses it too).
@@ -78,7 +82,7 @@ Refused with EPERM, and what each refusal prevents:
 
 Mediated (SECCOMP_RET_USER_NOTIF, decided by pods/supervisor.py): every call
 that names another process by pid, process group or pidfd, and every call
-that binds or addresses a socket; see docs/SECURITY_PEAS.md for the list and
+that binds or addresses a socket; see docs/SECURITY.md for the list and
 why it is complete. Calls whose pid argument is 0 (the caller itself) are
 allowed by the filter directly where the kernel reads 0 as "self":
 prlimit64, sched_set*, migrate_pages, move_pages, get_robust_list,
@@ -151,6 +155,7 @@ REFUSED = (
     "bpf", "perf_event_open", "lookup_dcookie", "syslog",
     "io_uring_setup", "io_uring_enter", "io_uring_register",
     "keyctl", "add_key", "request_key", "userfaultfd",
+    "mount", "umount2",
     "fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "open_tree_attr",
     "move_mount", "mount_setattr", "pivot_root",
     "iopl", "ioperm", "modify_ldt", "vhangup",

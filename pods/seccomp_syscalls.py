@@ -28,7 +28,8 @@ NR = {
     # keyrings
     "keyctl": 250, "add_key": 248, "request_key": 249,
     "userfaultfd": 323,
-    # the new mount API, pivot_root
+    # mounts: the classic calls, the new mount API, pivot_root
+    "mount": 165, "umount2": 166,
     "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
     "open_tree": 428, "move_mount": 429, "mount_setattr": 442, "open_tree_attr": 467,
     "pivot_root": 155,

@@ -17,6 +17,8 @@ on the host, fully host root and outside every pod namespace, and the
  child    3. join the pea's cgroup (and the pod's limit cgroups) while still
              host root: membership is inherited by everything CMD forks,
              and no later step runs outside the pea or the limits.
+             Then vm.memfd_noexec = 2 for the pod's pid namespace (host
+             root only may): no memfd of the pod can be executed.
           4. setns(pidfd, USER|MNT|IPC|UTS|NET|CGROUP), all at once: from
              here on the child sees only the pod (its root and cwd are the
              pod's root, the host's mounts are unreachable) and holds
@@ -27,7 +29,8 @@ on the host, fully host root and outside every pod namespace, and the
              setsid in any case: CMD has no controlling terminal of the host.
           6. setgroups/setresgid/setresuid to the pod user: a non-root user
              loses every capability here.
-          7. close every fd but 0, 1, 2: nothing of the daemon's leaks.
+          7. close every fd but 0, 1, 2: nothing of the daemon's leaks;
+             umask 022 (the daemon's own is 0, for PeaFS).
           8. seccomp filter (pods.seccomp), the last step: no_new_privs, the
              deny list, and the notification listener, which the monitor
              takes out of the child with pidfd_getfd and hands to the
@@ -72,6 +75,35 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # ---------------------------------------------------------------- child side
 
+MEMFD_NOEXEC = "/proc/sys/vm/memfd_noexec"
+MEMFD_NOEXEC_ENFORCED = b"2"   # MFD_EXEC refused, every memfd sealed non-executable
+
+
+def _seal_memfds() -> None:
+    """Set vm.memfd_noexec = 2 for the pid namespace we were forked into
+    (the kernel reads the writer's active pid namespace; host root has
+    CAP_SYS_ADMIN over the pod's user namespace, which the write needs)."""
+    try:
+        fd = os.open(MEMFD_NOEXEC, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise OSError(errno.ENOSYS, "the kernel has no vm.memfd_noexec (Linux 6.3 or "
+                                    "later is needed to keep memfds from being executed)")
+    try:
+        os.write(fd, MEMFD_NOEXEC_ENFORCED)
+    finally:
+        os.close(fd)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every descriptor from 3 up except those in ``keep``
+    (os.closerange is the close_range(2) system call: one call a gap)."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 0x7FFFFFFF)
+
+
 def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> None:
     """Steps 3-9; never returns. Failures are written to ``report_w``."""
     step = "cgroup"
@@ -80,6 +112,14 @@ def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> Non
         for procs in args.cgroup:
             with open(procs, "w") as f:
                 f.write("0\n")  # 0 = the writing process itself
+        # 3b. memfd_create() files that cannot be executed, in the pod's pid
+        # namespace (the sysctl is per pid namespace since Linux 6.3, and a
+        # pod cannot lower it below its parent's; the file belongs to host
+        # root, so only we, not pod root, can set it). Without it, a pea
+        # could copy a program it may read into a memfd and execute that,
+        # an exec PeaFS never sees (no x check, no transition).
+        step = "memfd_noexec"
+        _seal_memfds()
         # 4. every other namespace of the pod, atomically through the pidfd.
         step = "setns"
         ns.setns(args.pidfd, POD_NS)
@@ -108,14 +148,17 @@ def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> Non
         os.setresgid(args.gid, args.gid, args.gid)
         os.setresuid(args.uid, args.uid, args.uid)
         # 7. no fd of ours survives into CMD except the report pipe (CLOEXEC).
-        keep = {0, 1, 2, report_w, go_r}
-        for fd in range(3, 1024):
-            if fd not in keep:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        # Every number, not only those below 1024: the daemon holds one
+        # O_PATH handle per PeaFS inode, so the descriptors passed to us (the
+        # control socket among them) can have any number, and a leaked
+        # control socket would let CMD talk to the daemon as its tagger.
+        _close_all_but({0, 1, 2, report_w, go_r})
         os.set_inheritable(report_w, False)
+        # The daemon runs with umask 0 (PeaFS must create with exactly the
+        # mode the kernel hands it, the caller's umask already applied):
+        # CMD gets the usual 022, not a umask that makes every file it
+        # creates writable by all.
+        os.umask(0o022)
         env = {"PATH": PATH, "HOME": "/root" if args.uid == 0 else "/",
                "HOSTNAME": os.uname().nodename}
         if args.term:
@@ -159,6 +202,17 @@ def _read_line(fd: int) -> str:
     return buf.decode(errors="replace").strip()
 
 
+def _readable(fds) -> list[int]:
+    """The fds (ints or objects with fileno()) ready to read, or hung up:
+    select.select() for any fd number. select() itself fails on fds >= 1024
+    (FD_SETSIZE), and the daemon, which holds one O_PATH handle per PeaFS
+    inode, hands us such numbers."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    return [fd for fd, _ in p.poll()]
+
+
 def _relay(ctl: socket.socket, child: int, child_pidfd: int, master: int | None) -> int:
     """Pump the pty and the daemon's messages until the child exits; return
     its wait status."""
@@ -169,7 +223,7 @@ def _relay(ctl: socket.socket, child: int, child_pidfd: int, master: int | None)
         fds_in.add(0)
         os.set_blocking(master, False)
     while True:
-        r, _, _ = select.select(list(fds_in), [], [])
+        r = _readable(fds_in)
         if master is not None and master in r:
             try:
                 data = os.read(master, 65536)
@@ -222,7 +276,9 @@ def _write_all(fd: int, data: bytes) -> None:
         try:
             n = os.write(fd, data)
         except BlockingIOError:
-            select.select([], [fd], [])
+            p = select.poll()
+            p.register(fd, select.POLLOUT)
+            p.poll()
             continue
         except OSError:
             return
@@ -256,8 +312,8 @@ def monitor(args) -> int:
     master = None
     try:
         if ptysock is not None:
-            r, _, _ = select.select([ptysock, report_r], [], [])
-            if ptysock in r:
+            r = _readable([ptysock, report_r])
+            if ptysock.fileno() in r:
                 _, fds = recv_msg(ptysock)
                 master = fds[0] if fds else None
             ptysock.close()

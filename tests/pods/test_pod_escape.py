@@ -117,17 +117,92 @@ print(err(os.open, "/proc/sys/vm/drop_caches", os.O_WRONLY))
 def test_pod_root_cannot_leave_its_pea_or_raise_its_limits(pods):
     pod = pods.start(limits_={"pids": 50})
     out = run(pod, """
-# cgroup2 mounts fine in the pod's cgroup namespace (it shows the pod's
-# subtree only), but its files belong to host root: no pea change.
-mount("none", "/tmp/m", "cgroup2")
-print(sorted(d for d in os.listdir("/tmp/m") if not d.startswith(("cgroup", "cpu", "io", "memory"))))
-print(err(lambda: open("/tmp/m/other/cgroup.procs", "w").write("0\\n")))
-print(err(lambda: open("/tmp/m/cgroup.kill", "w").write("1\\n")))
-umount("/tmp/m")
-mount("none", "/tmp/m", "cgroup", 0, "pids")
-print(open("/tmp/m/pids.max").read().strip())
-print(err(lambda: open("/tmp/m/pids.max", "w").write("max\\n")))
-umount("/tmp/m")
+# No cgroup file system can be mounted (mount is refused), and the pod has
+# no /sys: the pea and limit cgroups are out of reach.
+print(err(mount, "none", "/tmp/m", "cgroup2"))
+print(err(mount, "none", "/tmp/m", "cgroup", 0, "pids"))
+print(err(os.stat, "/sys/fs/cgroup"))
 print(open("/proc/self/cgroup").read().splitlines()[-1])
 """)
-    assert out == ["['main',", "'other']", "EACCES", "EACCES", "50", "EACCES", "0::/main"]
+    assert out == ["EPERM", "EPERM", "ENOENT", "0::/main"]
+
+
+MS_BIND, MS_REMOUNT, MS_NOSUID, MS_NODEV = 4096, 32, 2, 4
+
+
+def test_pod_root_cannot_mount_over_what_other_peas_see(pods):
+    """All peas share the pod's mount namespace: a mount made in one pea
+    would change every pea's view (a directory it may write bound over
+    /etc feeds planted files to the others; a tmpfs holds programs PeaFS
+    never sees executed). Every way of mounting is EPERM, a new mount
+    namespace included, and the other pea still reads the real /etc."""
+    pod = pods.start(peas='[pea.main.files]\n"/" = "rx"\n"/tmp/" = "rwx"\n"/tmp" = "rw"\n\n'
+                          '[pea.other.files]\n"/" = "rx"\n')
+    out = run(pod, f"""
+CLONE_NEWNS = 0x20000
+os.makedirs("/tmp/planted", exist_ok=True)
+open("/tmp/planted/passwd", "w").write("evil:x:0:0::/:/bin/sh\\n")
+print(err(mount, "/tmp/planted", "/etc", "none", {MS_BIND}))
+print(err(mount, "tmpfs", "/tmp/m", "tmpfs"))
+print(err(mount, "none", "/dev/shm", "none", {MS_REMOUNT | MS_NOSUID | MS_NODEV}))
+print(err(umount, "/dev/shm"))
+print(err(umount, "/proc"))
+if libc.unshare(CLONE_NEWNS) != 0:
+    print("unshare", errno.errorcode[ctypes.get_errno()])
+print(err(mount, "tmpfs", "/tmp/m", "tmpfs"))
+""", pea="main")
+    assert out == ["EPERM"] * 6
+    r = pod.exec("cat", "/etc/passwd", pea="other")
+    assert r.returncode == 0 and "evil" not in r.stdout and r.stdout.startswith("root:")
+
+
+def test_programs_run_only_from_peafs(pods):
+    """A pea without x on a program it can read copies it to /dev/shm, or
+    into a memfd, and executes the copy: EACCES both ways (/dev/shm is
+    noexec; vm.memfd_noexec = 2 in the pod's pid namespace), since PeaFS
+    would never see such an exec. Pod root cannot lower the sysctl."""
+    pod = pods.start(peas='[pea.main.files]\n"/" = "rx"\n"/usr/bin/dash" = "r"\n'
+                          '"/tmp/" = "rw"\n"/tmp" = "rw"\n"/dev/shm/" = "rw"\n')
+    out = run(pod, """
+import shutil, subprocess
+def run_it(path):
+    try:
+        return str(subprocess.run([path, "-c", "exit 7"], close_fds=False).returncode)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+print(run_it("/usr/bin/dash"))                        # the pea has no x on it
+shutil.copy("/usr/bin/dash", "/dev/shm/sh")
+os.chmod("/dev/shm/sh", 0o755)
+print(run_it("/dev/shm/sh"))
+MFD_EXEC = 0x10
+print(err(os.memfd_create, "sh", MFD_EXEC))
+fd = os.memfd_create("sh", 0)
+os.write(fd, open("/usr/bin/dash", "rb").read())
+print(err(os.fchmod, fd, 0o755))
+print(run_it(f"/proc/self/fd/{fd}"))
+print(open("/proc/sys/vm/memfd_noexec").read().strip())
+print(err(lambda: open("/proc/sys/vm/memfd_noexec", "w").write("0")))
+""")
+    assert out == ["EACCES", "EACCES", "EACCES", "EPERM", "EACCES", "2", "EACCES"]
+
+
+def test_pod_programs_get_umask_022_and_no_daemon_descriptor(pods):
+    """The daemon runs with umask 0 (for PeaFS): a pod program gets 022.
+    The daemon also holds one O_PATH handle per inode the kernel has looked
+    up, so the descriptors it hands the tagger have numbers past 1024 once
+    1 500 files were looked up: still, only fds 0, 1, 2 reach the program."""
+    pod = pods.start()
+    r = pod.py("""
+import os
+os.makedirs("/tmp/many", exist_ok=True)
+for i in range(1500):
+    p = f"/tmp/many/f{i}"
+    open(p, "w").close()
+    os.stat(p)
+""")
+    assert r.returncode == 0, r.stderr
+    out = run(pod, """
+print(oct(os.umask(0o22)))
+print(",".join(sorted(os.listdir("/proc/self/fd"), key=int)))
+""")
+    assert out == ["0o22", "0,1,2,3"]     # 3: the listing's own descriptor

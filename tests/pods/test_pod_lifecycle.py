@@ -12,6 +12,7 @@ from pathlib import Path
 
 from peafs import cgroup
 from pods import limits, netns
+from pods.runtime import lasting_dir
 
 from pod_support import POD
 
@@ -189,3 +190,32 @@ def test_stop_of_an_unknown_pod(pod_factory):
     assert r.returncode == 2 and r.stderr.strip() == "pod: pod nosuchpod is not running"
     r = pod_factory.cli("ps", "../etc")
     assert r.returncode == 2 and "invalid pod name" in r.stderr
+
+
+def test_link_rules_and_audit_log_outlive_the_pod(pod_factory):
+    """A pea may read /srv/motd and write /srv/data/: it links the file into
+    the directory it may write. The link keeps the original's rule (r), in
+    this run and, after `pod stop` and a new `pod start` of the same root,
+    in the next: the write through the link is EACCES both times, and the
+    audit log holds the refusals of both runs."""
+    peas = ('[pea.main.files]\n"/" = "rx"\n"/srv/motd" = "r"\n"/srv/data" = "rw"\n'
+            '"/srv/data/" = "rw"\n')
+    pod = pod_factory.start(peas=peas, name=None)
+    (pod.root / "srv" / "data").mkdir(parents=True)
+    (pod.root / "srv" / "motd").write_text("hello\n")
+    os.chmod(pod.root / "srv" / "data", 0o777)
+    write = ("import errno\ntry:\n    open('/srv/data/l', 'a').write('x')\n    print('ok')\n"
+             "except OSError as e:\n    print(errno.errorcode[e.errno])\n")
+    r = pod.exec("ln", "/srv/motd", "/srv/data/l")
+    assert r.returncode == 0, r.stderr
+    assert pod.py(write).stdout.split() == ["EACCES"]
+    assert pod.stop().returncode == 0
+    _nothing_left(pod)
+    r = pod.cli("start", pod.policy, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert pod.py(write).stdout.split() == ["EACCES"]
+    assert (pod.root / "srv" / "motd").read_text() == "hello\n"
+    audit = lasting_dir(pod.root) / "audit.log"
+    refused = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(e["operation"], e["path"], e["need"]) for e in refused
+            if e["path"] == "/srv/data/l"] == [("open", "/srv/data/l", "w")] * 2
