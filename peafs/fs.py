@@ -425,7 +425,15 @@ class PeaFS(pyfuse3.Operations):
         return need
 
     def _real_flags(self, flags: int) -> int:
-        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | FMODE_EXEC)
+        # O_NOFOLLOW was for the caller's path, which the kernel has already
+        # resolved; on our re-open of /proc/self/fd/N (a magic link) it
+        # would fail every such open with ELOOP. O_DIRECT is the kernel's
+        # business on the FUSE side (it bypasses the mount's page cache and
+        # sends the caller's reads and writes as they are); on our fd it
+        # would demand aligned buffers that pread/pwrite here never have
+        # (EINVAL: MariaDB's InnoDB opens its data files O_DIRECT).
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | FMODE_EXEC | os.O_NOFOLLOW
+                   | os.O_DIRECT)
         flags |= os.O_CLOEXEC
         if self.enable_writeback_cache:
             # The kernel writes back whole pages and may read to fill them,

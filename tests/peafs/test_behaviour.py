@@ -102,6 +102,22 @@ for n in names[:300]:
     os.unlink("many/" + n)
 out["left"] = len(os.listdir("many"))
 ''',
+    # O_NOFOLLOW and O_DIRECT on regular files (MariaDB uses both): PeaFS
+    # re-opens the inode through /proc/self/fd, where O_NOFOLLOW would be
+    # ELOOP and O_DIRECT would demand aligned buffers of its own reads.
+    "nofollow_and_direct": r'''
+write("f", b"d" * 8192); os.symlink("f", "l")
+fd = os.open("f", os.O_RDONLY | os.O_NOFOLLOW); nofollow = os.read(fd, 3).decode(); os.close(fd)
+buf = mmap.mmap(-1, 4096)
+fd = os.open("f", os.O_RDWR | os.O_DIRECT)
+got = [os.preadv(fd, [buf], 4096), buf[:3].decode()]
+buf[:] = b"e" * 4096
+put = os.pwritev(fd, [buf], 0)
+os.close(fd)
+out = {"nofollow": nofollow, "symlink": E(os.open, "l", os.O_RDONLY | os.O_NOFOLLOW),
+       "direct_read": got, "direct_write": put,
+       "after": read("f")[4090:4100]}
+''',
     "rename": r'''
 write("a", b"A"); write("b", b"B"); os.mkdir("d1"); os.mkdir("d2"); write("d2/x", b"X")
 out = {}
