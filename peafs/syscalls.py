@@ -7,10 +7,9 @@ callers handle them the same way.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)   # the loaded libc; find_library runs ldconfig
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100

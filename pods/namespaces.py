@@ -9,11 +9,12 @@ each call is made.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The C library already loaded into this process (CDLL(None)): find_library
+# would run ldconfig in a subprocess, milliseconds on every pod exec.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 # <linux/sched.h>
 CLONE_NEWNS = 0x00020000

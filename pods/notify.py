@@ -16,14 +16,15 @@ the process that receives the notification (the supervisor: the host).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
 import struct
 from dataclasses import dataclass
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The C library already loaded into this process (CDLL(None)): find_library
+# would run ldconfig in a subprocess, milliseconds on every pod exec.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 

@@ -93,7 +93,6 @@ without an address.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import socket
@@ -404,7 +403,9 @@ def program(notify: bool = True) -> bytes:
 
 
 # ---------------------------------------------------------------- install
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The C library already loaded into this process (CDLL(None)): find_library
+# would run ldconfig in a subprocess, milliseconds on every pod exec.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 

@@ -60,7 +60,6 @@ kernel's call (see docs/SECURITY.md, "Known limits").
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -81,7 +80,9 @@ from pods.seccomp_syscalls import (
 
 log = logging.getLogger("pods.supervisor")
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The C library already loaded into this process (CDLL(None)): find_library
+# would run ldconfig in a subprocess, milliseconds on every pod exec.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 MAX_SOCKADDR = 128
 MAX_SEND = 1 << 20       # bytes copied per performed send (a short write beyond)
