@@ -23,7 +23,6 @@ import time
 import tty
 from pathlib import Path
 
-import rules
 from pods import control, runtime
 
 EXIT_USAGE = 2
@@ -40,6 +39,35 @@ def _overlap(a, b) -> bool:
     return any(x[1] < y[1] + y[2] and y[1] < x[1] + x[2] for x in a for y in b)
 
 
+def _within(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents
+
+
+def _one_name_each(root: Path, mounts) -> str | None:
+    """Refuse [[pod.mount]] host directories that put one directory into the
+    pod under two names: the same directory (or one inside another) mounted
+    twice, as /usr and /lib are on a usr-merged host, or a part of the pod's
+    own root. PeaFS gives one object one node id, and the kernel's dentry
+    cache holds a directory under one parent only: with two, concurrent
+    lookups move it between them and an exec or open fails at random with
+    ESTALE. (Files may have several names: hard links.)"""
+    real_root = root.resolve()
+    seen: list[tuple[Path, str]] = []
+    for m in mounts:
+        host = Path(m.host).resolve()
+        if _within(host, real_root) or _within(real_root, host):
+            return (f"[[pod.mount]] {m.path}: host directory {m.host} ({host}) overlaps the "
+                    f"pod's root {root}: a directory may be in a pod under one name only")
+        for other, path in seen:
+            if _within(host, other) or _within(other, host):
+                return (f"[[pod.mount]] {m.path}: host directory {m.host} ({host}) overlaps "
+                        f"the one mounted at {path} ({other}): a directory may be in a pod "
+                        f"under one name only (on a usr-merged host, mount /usr and put "
+                        f"the links bin, lib, lib64, sbin -> usr/... in the root)")
+        seen.append((host, m.path))
+    return None
+
+
 def _start_checks(policy) -> str | None:
     root = Path(policy.root)
     if not root.is_dir():
@@ -47,6 +75,9 @@ def _start_checks(policy) -> str | None:
     for m in policy.mounts:
         if not Path(m.host).is_dir():
             return f"host directory {m.host} (for {m.path}) does not exist"
+    problem = _one_name_each(root, policy.mounts)
+    if problem:
+        return problem
     if runtime.is_alive(policy.name):
         return f"pod {policy.name} is already running"
     mine_u = [list(r) for r in policy.uid_map]
@@ -62,6 +93,8 @@ def _start_checks(policy) -> str | None:
 
 
 def cmd_start(args) -> int:
+    import rules  # here, not at the top: every other command starts faster
+
     try:
         policy = rules.load(args.policy)
     except rules.PolicyError as e:

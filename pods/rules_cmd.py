@@ -13,8 +13,10 @@ import argparse
 import json
 import sys
 
-import rules
-from rules.lint import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the rule engine is imported where a command needs it:
+    import rules   # `pod exec`, `pod ps`, ... start faster without it
 
 EXIT_BAD_INPUT = 2
 
@@ -52,6 +54,8 @@ def register(sub) -> None:
 
 
 def _load(path: str) -> rules.Policy | None:
+    import rules
+
     try:
         return rules.load(path)
     except rules.PolicyError as error:
@@ -67,6 +71,8 @@ def check(args: argparse.Namespace) -> int:
         if policy is None:
             status = EXIT_BAD_INPUT
             continue
+        from rules.lint import warnings
+
         # The file was just read and decoded by load: read it again only
         # for the warnings' line numbers.
         for warning in warnings(policy, policy.file.read_text("utf-8", "replace"), path):

@@ -144,6 +144,34 @@ def test_a_missing_root_is_refused_and_leaves_nothing(pod_factory, tmp_path):
     assert not cgroup.pod_cgroup(name).exists()
 
 
+def test_a_directory_under_two_names_is_refused(pod_factory, tmp_path):
+    """/usr and /lib both mounted on a usr-merged host put /usr/lib into the
+    pod twice (ESTALE at random under load, found with Postfix); a mount of
+    a directory inside another, or overlapping the root, likewise."""
+    assert Path("/lib").resolve() == Path("/usr/lib")   # Debian 12 is usr-merged
+    cases = {
+        "usr+lib": [("/usr", "/usr", False), ("/lib", "/lib", False)],
+        "inside": [("/usr", "/usr", False), ("/usr/share", "/share", False)],
+        "twice": [("/usr", "/usr", False), ("/usr", "/usr2", False)],
+    }
+    for what, mounts in cases.items():
+        policy, name, root, _ = pod_factory.write_policy(mounts=mounts)
+        r = pod_factory.cli("start", policy)
+        assert r.returncode == 2, what
+        host, path = mounts[1][0], mounts[1][1]
+        assert r.stderr.startswith(f"pod: [[pod.mount]] {path}: host directory {host} "
+                                   f"({Path(host).resolve()}) overlaps the one mounted at /usr "
+                                   "(/usr): a directory may be in a pod under one name only"), \
+            (what, r.stderr)
+        assert not (pod_factory.run / "pods" / name).exists()
+        assert not cgroup.pod_cgroup(name).exists()
+    # A host directory holding the pod's root.
+    policy, name, root, _ = pod_factory.write_policy(mounts=[(tmp_path, "/host", False)])
+    r = pod_factory.cli("start", policy)
+    assert r.returncode == 2
+    assert "overlaps the pod's root" in r.stderr
+
+
 def test_overlapping_id_ranges_are_refused(pod_factory):
     first = pod_factory.start()
     policy, name, _, _ = pod_factory.write_policy(base=first.base + 1000)
