@@ -46,6 +46,11 @@ test: deps
 unit: deps
 	$(PY) -m pytest -q tests/rules
 
+# The example pods end to end (part of `make test`): their setup scripts
+# install Postfix, procmail, Apache and MariaDB when missing.
+e2e: deps
+	$(PY) -m pytest -q tests/e2e
+
 bench: deps
 	@echo "usage: $(PY) -m bench NAME   (see bench/README.md)"
 

@@ -17,6 +17,7 @@ installed. Each step prints what it does and fails with one clear line:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -122,7 +123,29 @@ def missing_packages(packages: list[str]) -> list[str]:
     return missing
 
 
+# Held while a setup checks and installs packages: two setups run at once
+# (mail and web) must not interleave their policy-rc.d (the second would save
+# the first's copy and put it back after the first removed it, or install
+# with none in place once the first removed it).
+INSTALL_LOCK = Path("/run/lock/peapod-setup-packages.lock")
+# apt-get waits this long for dpkg's own lock (another apt-get, unattended-upgrades).
+APT_LOCK = ["-o", "DPkg::Lock::Timeout=600"]
+
+
 def ensure_packages(packages: list[str], debconf: list[str] = ()) -> None:
+    if not missing_packages(packages):
+        return
+    INSTALL_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(INSTALL_LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("waiting for another setup to finish installing packages")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _install_missing(packages, debconf)
+
+
+def _install_missing(packages: list[str], debconf: list[str]) -> None:
     missing = missing_packages(packages)
     if not missing:
         return
@@ -137,13 +160,13 @@ def ensure_packages(packages: list[str], debconf: list[str] = ()) -> None:
     os.chmod(POLICY_RC, 0o755)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
-        r = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+        r = subprocess.run(["apt-get", *APT_LOCK, "install", "-y", "-q", "--no-install-recommends",
                             *missing], env=env, capture_output=True, text=True, timeout=900)
         if r.returncode != 0:
             # A fresh machine may have no package lists yet.
             subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True,
                            timeout=600)
-            r = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+            r = subprocess.run(["apt-get", *APT_LOCK, "install", "-y", "-q", "--no-install-recommends",
                                 *missing], env=env, capture_output=True, text=True,
                                timeout=900)
         if r.returncode != 0:
@@ -189,14 +212,19 @@ def stop_host_daemons(programs: list[str]) -> None:
 
 def base_tree(root: Path, *, hostname: str, hosts_line: str) -> None:
     """What every example pod's root holds besides its service: the files
-    the C library reads, /tmp, /root, /run. /usr, /bin, /lib, /lib64, /sbin
-    are mount points the pod's daemon creates and fills from the host."""
+    the C library reads, /tmp, /root, /run, and Debian's usr-merge links
+    /bin, /lib, /lib64, /sbin -> usr/...: the policy mounts only /usr (the
+    pod's daemon makes its mount point and binds the host's), so every
+    program and library has one name in the pod."""
+    for link in ("bin", "lib", "lib64", "sbin"):
+        os.symlink(f"usr/{link}", root / link)
     for d, mode in (("etc", 0o755), ("tmp", 0o1777), ("root", 0o700), ("run", 0o755),
                     ("var/log", 0o755), ("var/tmp", 0o1777), ("home", 0o755)):
         (root / d).mkdir(parents=True, exist_ok=True)
         os.chmod(root / d, mode)
     etc = root / "etc"
-    for f in ("nsswitch.conf", "services", "protocols", "ld.so.cache", "host.conf"):
+    for f in ("nsswitch.conf", "services", "protocols", "ld.so.cache", "host.conf",
+              "mime.types"):
         if Path("/etc", f).exists():
             shutil.copy2(Path("/etc", f), etc / f)
     os.symlink("/usr/share/zoneinfo/Etc/UTC", etc / "localtime")
@@ -258,9 +286,11 @@ def address_in_use(ip: str) -> str | None:
     return None
 
 
-def wait_for_port(ip: str, port: int, timeout: float) -> bool:
+def wait_for_port(ip: str, port: int, timeout: float, init_log: Path | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if init_log is not None and " ended: " in tail(init_log, 3):
+            return False   # the pod's init program exited: nothing will answer
         try:
             with socket.create_connection((ip, port), timeout=2):
                 return True
@@ -288,10 +318,13 @@ def start_pod(info: PolicyInfo, port: int, service: str, logs: list[Path]) -> No
     if r.returncode != 0:
         raise SetupError(f"pod start failed: {r.stderr.strip()}")
     if info.ip:
-        if not wait_for_port(info.ip, port, 60):
-            detail = "; ".join(t for t in (tail(p, 5) for p in logs) if t)
+        init_log = run_dir() / "pods" / info.name / "init.log"
+        if not wait_for_port(info.ip, port, 60, init_log):
+            detail = "; ".join(t for t in (tail(p, 5) for p in [init_log, *logs]) if t)
+            pod("stop", info.name, timeout=120)
             raise SetupError(f"{service} does not answer on {info.ip}:{port} within 60 s "
-                             f"(port in use or the service failed){': ' + detail if detail else ''}")
+                             f"(port in use or the service failed; pod stopped)"
+                             f"{': ' + detail if detail else ''}")
         say(f"{service} answers on {info.ip}:{port}")
 
 
@@ -304,7 +337,9 @@ def add_common_args(p, default_policy: Path) -> None:
 
 
 def run_setup(args, *, example: str, packages, debconf, host_daemons, build, port, service,
-              after_start=None, logs=()) -> int:
+              after_start=None, logs=(), before_start=None) -> int:
+    """``before_start(info)``: called when the pod is about to start (not
+    running), e.g. to clear a run directory of the root as a boot would."""
     try:
         if os.geteuid() != 0:
             raise SetupError("must run as root (packages, pod root ownership, pods)")
@@ -318,6 +353,8 @@ def run_setup(args, *, example: str, packages, debconf, host_daemons, build, por
         if running:
             say(f"pod {info.name} is already running")
             return 0
+        if before_start is not None:
+            before_start(info)
         start_pod(info, port, service, [info.root / p for p in logs])
         try:
             if after_start is not None:
