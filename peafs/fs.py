@@ -37,6 +37,14 @@ from .inodes import OPEN_PATH, Inode, InodeTable
 ERR = pyfuse3.FUSEError
 FMODE_EXEC = 0o40          # the kernel's __FMODE_EXEC in an exec's open flags
 CACHE_TIMEOUT = 300.0      # entry/attr timeout for ordinary objects (seconds)
+# How long the kernel may remember that a name does not exist. Every exec
+# asks for names that are absent (/etc/ld.so.preload, the loader's
+# glibc-hwcaps/, tls/ and x86_64/ subdirectories): some twenty lookups a
+# dynamic exec when each absence reaches us. An absence is the same for
+# every caller (existence is "seeing"); creates through the mount replace
+# the negative entry at once, and only a name made in the staging directory
+# from outside the mount stays unseen in the pod, for this long at most.
+NEGATIVE_TIMEOUT = 1.0
 DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
 # Only the user.* xattr namespace may be written from a pod: trusted.* and
 # security.* (file capabilities!) written by the daemon, which is real root,
@@ -211,7 +219,12 @@ class PeaFS(pyfuse3.Operations):
         if name == b"..":
             raise ERR(errno.ENOENT)   # only NFS export asks; not supported
         sname = self._name(name)
-        fd = os.open(sname, OPEN_PATH, dir_fd=parent.fd)
+        try:
+            fd = os.open(sname, OPEN_PATH, dir_fd=parent.fd)
+        except FileNotFoundError:
+            absent = pyfuse3.EntryAttributes()   # st_ino 0: a negative entry
+            absent.entry_timeout = NEGATIVE_TIMEOUT
+            return absent
         ino, st = self._adopt(parent, sname, fd)
         return self._answer(ino, st, ctx, pea)
 

@@ -102,6 +102,18 @@ for n in names[:300]:
     os.unlink("many/" + n)
 out["left"] = len(os.listdir("many"))
 ''',
+    # Absent names are cached by the kernel (negative entries): a create,
+    # mkdir, rename or link through the mount must replace them at once.
+    "absent_then_created": r'''
+out = {"missing": E(os.stat, "n")}
+write("n", b"1"); out["created"] = read("n")
+os.unlink("n"); out["gone"] = E(os.stat, "n")
+os.mkdir("n"); out["dir"] = stat.S_ISDIR(os.stat("n").st_mode)
+os.rmdir("n"); out["m2"] = E(os.stat, "m")
+write("x", b"2"); os.rename("x", "m"); out["renamed"] = read("m")
+out["l"] = E(os.stat, "l"); os.link("m", "l"); out["linked"] = read("l")
+out["s"] = E(os.lstat, "s"); os.symlink("m", "s"); out["symlink"] = read("s")
+''',
     # O_NOFOLLOW and O_DIRECT on regular files (MariaDB uses both): PeaFS
     # re-opens the inode through /proc/self/fd, where O_NOFOLLOW would be
     # ELOOP and O_DIRECT would demand aligned buffers of its own reads.

@@ -212,3 +212,35 @@ def test_run_refuses_unknown_pea_and_unmapped_user(peafs_mount):
     assert r.returncode == 7
     r = m.run(["sh", "-c", "kill -TERM $$"], "all")
     assert r.returncode == 128 + signal.SIGTERM
+
+
+def test_a_name_made_outside_the_mount_appears(peafs_mount):
+    """Absent names are cached by the kernel (peafs.fs.NEGATIVE_TIMEOUT): a
+    file put into the staging directory from the host, not through the
+    mount, after a pod process found it missing, becomes visible once that
+    short timeout has passed (the loop is bounded at 20 s)."""
+    m = peafs_mount(POLICY)
+    code = """
+import os, sys, time
+p = os.path.join(sys.argv[1], "late")
+print(os.path.exists(p), flush=True)
+sys.stdin.readline()                # the host creates the file now
+deadline = time.monotonic() + 20
+while not os.path.exists(p) and time.monotonic() < deadline:
+    time.sleep(0.1)
+print(os.path.exists(p), open(p).read() if os.path.exists(p) else "")
+"""
+    p = subprocess.Popen(peafs_cmd("run", m.mountpoint, "--pea", "all", "--", "/usr/bin/python3",
+                                   "-I", "-S", "-c", code, m.mountpoint),
+                         env=m.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().split() == ["False"]
+        (m.root / "late").write_text("made on the host")
+        p.stdin.write("\n")
+        p.stdin.flush()
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert out.split() == ["True", "made", "on", "the", "host"]
