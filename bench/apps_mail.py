@@ -61,38 +61,21 @@ CONNECTIONS = 4
 DELIVERY_TIMEOUT = 600
 
 
-# ------------------------------------------------------------------ policy copies
+# ------------------------------------------------------------------ helpers
+
+def _examplelib():
+    lib = str(REPO / "examples" / "mail")
+    if lib not in sys.path:
+        sys.path.insert(0, lib)
+    import examplelib  # noqa: PLC0415
+
+    return examplelib
+
 
 def _policy_copy(dst: Path, *, name: str, root: Path, address: str, id_base: int) -> Path:
     """examples/mail/pod.toml with another name, root, address and id range."""
-    text = (REPO / "examples" / "mail" / "pod.toml").read_text()
-    subs = [(r'(?m)^name = "[^"]*"', f'name = "{name}"'),
-            (r'(?m)^root = "[^"]*"', f'root = "{root}"'),
-            (r'(?m)^uid_map = .*$', f"uid_map = [[0, {id_base}, 65536]]"),
-            (r'(?m)^gid_map = .*$', f"gid_map = [[0, {id_base}, 65536]]"),
-            (r'(?m)^address = "[^"]*"', f'address = "{address}"')]
-    for pattern, new in subs:
-        text, n = re.subn(pattern, new, text, count=1)
-        if n != 1:
-            raise RuntimeError(f"examples/mail/pod.toml: no line matching {pattern}")
-    dst.write_text(text)
-    return dst
-
-
-def _free_net() -> str:
-    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
-                          timeout=20).stdout
-    for _ in range(200):
-        n = random.randrange(100, 200)
-        if f" 10.88.{n}." not in used:
-            return f"10.88.{n}.2/24"
-    raise RuntimeError("no free 10.88.N.0/24 network")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _examplelib().copy_policy(REPO / "examples" / "mail" / "pod.toml", dst, name=name,
+                                     root=root, address=address, id_base=id_base)
 
 
 def _run(cmd, env, timeout) -> subprocess.CompletedProcess:
@@ -114,7 +97,7 @@ class PodLeg:
         self.root = base / "pod-root"
         self.run = base / "pod-run"
         self.run.mkdir()
-        address = _free_net()
+        address = _examplelib().free_address(100, 199)   # the web bench uses 200-250
         self.ip = address.split("/")[0]
         self.port = 25
         self.policy = _policy_copy(base / "pod.toml", name=self.pod, root=self.root,
@@ -141,7 +124,7 @@ class HostLeg:
     def __init__(self, base: Path):
         self.root = base / "host-root"
         self.ip = "127.0.0.1"
-        self.port = _free_port()
+        self.port = _examplelib().free_port()
         self.policy = _policy_copy(base / "host.toml", name="benchmailhost", root=self.root,
                                    address="10.88.0.2/24", id_base=400_000_000)
         self.env = dict(os.environ, PYTHONPATH=str(REPO),

@@ -28,13 +28,11 @@ generator runs on the same 2-core machine as the server on both legs.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,56 +55,16 @@ APACHE_DEFINES = ["APACHE_RUN_USER www-data", "APACHE_RUN_GROUP www-data",
 # ------------------------------------------------------------------ helpers
 
 def _examplelib():
-    sys.path.insert(0, str(REPO / "examples" / "mail"))
+    lib = str(REPO / "examples" / "mail")
+    if lib not in sys.path:
+        sys.path.insert(0, lib)
     import examplelib  # noqa: PLC0415
 
     return examplelib
 
 
 def _env(run: Path) -> dict:
-    env = dict(os.environ)
-    env["PEAPOD_RUN"] = str(run)
-    env["PYTHONPATH"] = str(REPO) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def _policy_copy(dst: Path, *, name: str, root: Path, address: str, id_base: int) -> Path:
-    """examples/web/pod.toml with another [pod] name/root/id maps and address."""
-    table = None
-    want = {("pod", "name"): json.dumps(name), ("pod", "root"): json.dumps(str(root)),
-            ("pod", "uid_map"): f"[[0, {id_base}, 65536]]",
-            ("pod", "gid_map"): f"[[0, {id_base}, 65536]]",
-            ("pod.net", "address"): json.dumps(address)}
-    out, done = [], set()
-    for line in POLICY.read_text().splitlines(keepends=True):
-        m = re.match(r"\s*\[([^\[\]]+)\]\s*(#.*)?$", line)
-        if m:
-            table = m.group(1).strip()
-        m = re.match(r"(\s*)([A-Za-z_]+)(\s*=\s*)", line)
-        if m and (table, m.group(2)) in want and (table, m.group(2)) not in done:
-            line = f"{m.group(1)}{m.group(2)}{m.group(3)}{want[(table, m.group(2))]}\n"
-            done.add((table, m.group(2)))
-        out.append(line)
-    if set(want) - done:
-        raise RuntimeError(f"{POLICY}: keys not found: {sorted(set(want) - done)}")
-    dst.write_text("".join(out))
-    return dst
-
-
-def _free_address() -> str:
-    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
-                          timeout=20).stdout
-    for _ in range(200):
-        n = random.randint(200, 250)
-        if f" 10.88.{n}.1/" not in used and f" 10.88.{n}.2/" not in used:
-            return f"10.88.{n}.2/24"
-    raise RuntimeError("no free 10.88.N.0/24 (N in 200-250) for the bench pod")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return dict(_examplelib().pod_env(), PEAPOD_RUN=str(run))
 
 
 def _get(url: str, timeout: float = 10) -> tuple[int, str]:
@@ -269,14 +227,16 @@ def rows(args) -> list[dict]:
     name = f"webb{random.randrange(10**6):06d}"
     run = base / "run"
     run.mkdir()
-    address = _free_address()
+    ex = _examplelib()
+    # N in 200-250: the web share of 10.88/16 (the mail bench uses 100-199).
+    address = ex.free_address(200, 250)
     ip = address.split("/")[0]
-    pod_policy = _policy_copy(base / "pod.toml", name=name, root=base / "pod-root",
-                              address=address,
-                              id_base=400_000_000 + random.randrange(1000) * 65536)
+    pod_policy = ex.copy_policy(POLICY, base / "pod.toml", name=name, root=base / "pod-root",
+                                address=address,
+                                id_base=400_000_000 + random.randrange(1000) * 65536)
     # The host leg's root: built by the same setup (never started as a pod).
-    host_policy = _policy_copy(base / "host.toml", name=name + "h", root=base / "host-root",
-                               address=address, id_base=1_000_000)
+    host_policy = ex.copy_policy(POLICY, base / "host.toml", name=name + "h",
+                                 root=base / "host-root", address=address, id_base=1_000_000)
     host = None
     started = False
     raw: dict[str, dict[str, list[dict]]] = {}
@@ -284,7 +244,7 @@ def rows(args) -> list[dict]:
         _setup(host_policy, run, "--no-start")
         _setup(pod_policy, run)
         started = True
-        port = _free_port()
+        port = ex.free_port()
         host = HostLeg(base / "host-root", port)
         urls = {"pod": f"http://{ip}:80", "host": f"http://127.0.0.1:{port}"}
         for leg in urls:

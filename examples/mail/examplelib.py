@@ -13,6 +13,11 @@ installed. Each step prints what it does and fails with one clear line:
   place without the marker is a root left over and is reported, not used;
 - the pod: `pod start POLICY`, then wait until its service answers on the
   pod's address.
+
+The example tests (tests/e2e) and the app benchmarks (bench/apps_*.py) use
+it too, to run an example beside its own pod: ``copy_policy`` (the example's
+policy with another name, root, address and id range), ``free_address``
+(a 10.88.N.2/24 no interface is on, N in a given range), ``free_port``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -71,6 +77,64 @@ class PolicyInfo:
             parts = ip.split(".")
             self.host_ip = ".".join(parts[:3] + ["1"])
             self.prefix = int(prefix or 24)
+
+
+# ------------------------------------------------------------------ copies (tests, benchmarks)
+
+# What the example tests (tests/e2e) and the app benchmarks (bench/apps_*.py)
+# share: each runs an example under its own pod name, root, address and id
+# range, beside the example's own pod and each other.
+
+def copy_policy(src: Path, dst: Path, *, name: str, root: Path, address: str | None = None,
+                id_base: int | None = None) -> Path:
+    """Write ``dst``: ``src`` with [pod] name/root (and uid_map/gid_map when
+    ``id_base`` is given) and [pod.net] address replaced; every other line
+    is kept (the peas are the example's, byte for byte). SetupError if a key
+    to replace is not found."""
+    table = None
+    want = {("pod", "name"): json.dumps(name), ("pod", "root"): json.dumps(str(root))}
+    if id_base is not None:
+        want[("pod", "uid_map")] = f"[[0, {id_base}, 65536]]"
+        want[("pod", "gid_map")] = f"[[0, {id_base}, 65536]]"
+    if address is not None:
+        want[("pod.net", "address")] = json.dumps(address)
+    done = set()
+    out = []
+    for line in src.read_text().splitlines(keepends=True):
+        m = re.match(r"\s*\[([^\[\]]+)\]\s*(#.*)?$", line)
+        if m:
+            table = m.group(1).strip()
+        m = re.match(r"(\s*)([A-Za-z_]+)(\s*=\s*)", line)
+        if m and (table, m.group(2)) in want and (table, m.group(2)) not in done:
+            key = (table, m.group(2))
+            line = f"{m.group(1)}{m.group(2)}{m.group(3)}{want[key]}\n"
+            done.add(key)
+        out.append(line)
+    missing = set(want) - done
+    if missing:
+        raise SetupError(f"{src}: keys not found to replace: {sorted(missing)}")
+    dst.write_text("".join(out))
+    return dst
+
+
+def free_address(first: int, last: int) -> str:
+    """"10.88.N.2/24" with a random N in first-last (both included) such that
+    no interface holds an address in 10.88.N.0/24 (the host side 10.88.N.1
+    included): the caller's share of 10.88/16."""
+    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
+                          timeout=20).stdout
+    for _ in range(200):
+        n = random.randint(first, last)
+        if f" 10.88.{n}." not in used:
+            return f"10.88.{n}.2/24"
+    raise SetupError(f"no free 10.88.N.0/24 network (N in {first}-{last})")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ pod command

@@ -44,66 +44,18 @@ dir); the tmp root and its ROOT.peapod are removed in every case.
 
 from __future__ import annotations
 
-import json
 import mailbox
-import os
 import random
-import shutil
 import smtplib
-import subprocess
 import time
 from email.message import EmailMessage
 from pathlib import Path
-
-from pods import runtime
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP = REPO / "examples" / "mail" / "setup"
 MESSAGES = 100
 DELIVERY_TIMEOUT = 120
-LOADER = "/lib64/ld-linux-x86-64.so.2"
 PROBE = "/var/spool/postfix/peapod-probe"
-
-PROBE_C = r"""
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
-
-/* The attacker's payload: each pair of arguments is an operation and a path;
-   one line per pair, "OP PATH OK" or "OP PATH ERRNONAME". */
-int main(int argc, char **argv) {
-    char line[512], cg[512] = "?";
-    FILE *f = fopen("/proc/self/cgroup", "r");   /* the unified hierarchy's line: 0::PATH */
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "0::", 3)) { line[strcspn(line, "\n")] = 0; strcpy(cg, line); }
-    if (f) fclose(f);
-    printf("cgroup %s\n", cg);
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *op = argv[i], *path = argv[i + 1];
-        int r;
-        fflush(stdout);
-        if (!strcmp(op, "exec")) {
-            char *const args[] = {(char *)path, "-c", "echo a shell runs", NULL};
-            r = execv(path, args);
-        } else if (!strcmp(op, "create")) {
-            r = open(path, O_WRONLY | O_CREAT | O_EXCL, 0755);
-        } else if (!strcmp(op, "write")) {
-            r = open(path, O_WRONLY | O_APPEND);
-        } else if (!strcmp(op, "read")) {
-            r = open(path, O_RDONLY);
-        } else {
-            r = -1;
-            errno = EINVAL;
-        }
-        printf("%s %s %s\n", op, path, r < 0 ? strerrorname_np(errno) : "OK");
-        if (r >= 0) close(r);
-    }
-    return 0;
-}
-"""
 
 # (operation, path) the payload tries, and what must happen.
 REFUSED = [
@@ -115,41 +67,6 @@ REFUSED = [
     ("read", "/var/mail/alice"),
 ]
 ALLOWED = [("read", "/etc/postfix/main.cf")]
-
-
-def same_file(pod_path: str, other: str) -> bool:
-    """Do two pod paths name the same file? /bin, /lib, /lib64 and /sbin are
-    the host's symbolic links into /usr, mounted as directories of their
-    own, so PeaFS may log an object under either name; the pod's mounts are
-    the host's directories, so the host resolves both the same way."""
-    return os.path.realpath(pod_path) == os.path.realpath(other)
-
-
-def audit_entry_for(op: str, path: str, entries: list[dict]) -> dict | None:
-    """The audit line the refusal of (op, path) in the smtpd pea writes."""
-    for e in entries:
-        if e.get("pea") != "smtpd" or e.get("complain"):
-            continue
-        if op == "exec":
-            # The kernel opens the file the symlinks lead to (/usr/bin/dash).
-            if e["operation"] == "exec" and e["need"] == "x" and same_file(e["path"], path):
-                return e
-        elif op == "create":
-            # Creating is a write in the directory: the refused path is the directory.
-            if (e["operation"] == "create" and "w" in e["need"]
-                    and same_file(e["path"], os.path.dirname(path))):
-                return e
-        elif op in ("write", "read"):
-            if (e["operation"] == "open" and same_file(e["path"], path)
-                    and ("w" if op == "write" else "r") in e["need"]):
-                return e
-    return None
-
-
-def read_audit(path: Path, offset: int) -> list[dict]:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
 
 
 def send_messages(ip: str, tag: str, count: int) -> None:
@@ -197,7 +114,7 @@ def wait_for_delivery(path: Path, tag: str, count: int, timeout: float) -> list:
 
 def test_mail_pod_end_to_end(tmp_path, e2e):
     name = f"mailt{random.randrange(10**6):06d}"
-    address = e2e.free_address()
+    address = e2e.free_address(100, 199)
     ip = address.split("/")[0]
     root = tmp_path / "root"
     policy = e2e.copy_policy(REPO / "examples" / "mail" / "pod.toml", tmp_path / "pod.toml",
@@ -205,31 +122,20 @@ def test_mail_pod_end_to_end(tmp_path, e2e):
                              id_base=200_000_000 + random.randrange(1000) * 65536)
     run = e2e.PodRun(tmp_path)
     passed = False
+    stop = None
+    left: list[str] = []
     try:
         # 1. Packages (installed if missing) and the root, without starting.
-        r = run.run([SETUP, "--policy", policy, "--no-start"], timeout=1800)
-        assert r.returncode == 0, f"setup --no-start failed:\n{r.stdout}\n{r.stderr}"
-        assert (root / ".peapod-built").is_file()
-        assert f"{ip} mail.pod.test mail" in (root / "etc" / "hosts").read_text()
+        e2e.build_root(run, SETUP, policy, root, f"{ip} mail.pod.test mail")
 
         # The attacker's payload, in the queue directory, not executable.
-        src = tmp_path / "probe.c"
-        src.write_text(PROBE_C)
-        binary = tmp_path / "probe"
-        cc = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(src)],
-                            capture_output=True, text=True, timeout=120)
-        assert cc.returncode == 0, f"gcc (installed by `make deps`) failed: {cc.stderr}"
-        planted = root / PROBE.lstrip("/")
-        shutil.copyfile(binary, planted)
-        os.chmod(planted, 0o644)
+        # (Its creates make programs, mode 0755; its exec runs a shell command.)
+        binary = e2e.compile_probe(tmp_path, create_mode=0o755,
+                                   exec_script="echo a shell runs")
+        e2e.plant(binary, root, PROBE, 0o644)
 
         # 2. Start: setup is idempotent (the root is kept, the pod starts).
-        r = run.run([SETUP, "--policy", policy], timeout=300)
-        assert r.returncode == 0, f"setup failed:\n{r.stdout}\n{r.stderr}"
-        assert "is already built" in r.stdout
-        assert f"answers on {ip}:25" in r.stdout
-        listed = {p["name"]: p for p in run.listed()}
-        assert listed.get(name, {}).get("state") == "running", listed
+        e2e.start_pod(run, SETUP, policy, name, ip, 25, timeout=300)
 
         # 3. 100 messages from the host, all delivered by the delivery pea.
         tag = f"t{random.randrange(10**9)}"
@@ -252,43 +158,21 @@ def test_mail_pod_end_to_end(tmp_path, e2e):
         print(f"{MESSAGES} messages delivered in {elapsed:.1f} s")
 
         # 4. The break-in: the payload in the smtpd pea.
-        audit = runtime.lasting_dir(root) / "audit.log"
-        offset = audit.stat().st_size if audit.exists() else 0
-        args = [a for pair in REFUSED + ALLOWED for a in pair]
-        r = run.pod("exec", name, "--pea", "smtpd", "--", LOADER, PROBE, *args, timeout=60)
-        assert r.returncode == 0, f"probe: {r.returncode} {r.stdout} {r.stderr}"
-        lines = r.stdout.splitlines()
-        assert lines[0] == "cgroup 0::/smtpd", f"the payload is not in the smtpd pea: {lines[0]}"
-        results = {tuple(line.split()[:2]): line.split()[2] for line in lines[1:]}
-        for op, path in REFUSED:
-            assert results.get((op, path)) == "EACCES", f"{op} {path}: {results.get((op, path))}"
-        for op, path in ALLOWED:
-            assert results.get((op, path)) == "OK", f"{op} {path}: {results.get((op, path))}"
+        audit = e2e.Audit(root)
+        e2e.run_payload(run, name, "smtpd", PROBE, REFUSED, ALLOWED)
         assert not (root / "usr").joinpath("peapod-probe").exists()
         assert not (root / "etc" / "peapod-probe").exists()
 
         # The same shell, executed directly.
-        r = run.pod("exec", name, "--pea", "smtpd", "--", "/bin/sh", "-c", "echo a shell runs",
-                    timeout=60)
-        assert r.returncode == 126 and "a shell runs" not in r.stdout, (r.returncode, r.stdout)
-        assert "Permission denied" in r.stderr, r.stderr
+        e2e.assert_exec_refused(run, name, "smtpd", "/bin/sh", "-c", "echo a shell runs",
+                                output="a shell runs")
 
-        entries = read_audit(audit, offset)
-        for op, path in REFUSED:
-            e = audit_entry_for(op, path, entries)
-            assert e is not None, f"no audit line for {op} {path} in {entries}"
-            assert e["pod"] == name and e["uid"] == 0 and e["complain"] is False
+        entries = audit.entries()
+        e2e.assert_audited(entries, name, "smtpd", REFUSED, 0)
         execs = [e for e in entries if e["operation"] == "exec"]
         assert len(execs) == 2, execs   # the payload's and pod exec's
         passed = True
     finally:
-        stop = run.pod("stop", name, "--timeout", "5", timeout=120)
-        left = e2e.leftovers(run, name, root)
-        if left:
-            e2e.forced_cleanup(run, name)
-        e2e.safe_rmtree(root)
-        shutil.rmtree(runtime.lasting_dir(root), ignore_errors=True)
-        if passed:
-            assert stop.returncode == 0, f"pod stop: {stop.stderr}"
-            assert not left, f"left behind after pod stop: {left}"
-            assert not root.exists()
+        stop, left = e2e.teardown(run, name, root, stop_timeout=5)
+    if passed:
+        e2e.assert_clean(stop, left, root)
