@@ -21,6 +21,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 AUDIT_NAME = "audit.log"
@@ -62,3 +64,33 @@ def read_entries(path: Path) -> list[dict]:
         if line.strip():
             out.append(json.loads(line))
     return out
+
+
+def print_log(path: Path, follow: bool, out=None) -> None:
+    """Copy the audit log at ``path`` to ``out`` (stdout), whole lines only;
+    with ``follow``, keep waiting for new lines (and for the file, if it
+    does not exist yet) until interrupted. A missing log without ``follow``
+    prints nothing: no refusal yet."""
+    out = out or sys.stdout.buffer
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        if not follow:
+            return
+        while not path.exists():
+            time.sleep(0.2)
+        f = open(path, "rb")
+    with f:
+        pending = b""
+        while True:
+            chunk = f.read()
+            if chunk:
+                pending += chunk
+                lines, _, pending = pending.rpartition(b"\n")
+                if lines:
+                    out.write(lines + b"\n")
+                    out.flush()
+            elif not follow:
+                return
+            else:
+                time.sleep(0.2)

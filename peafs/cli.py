@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from . import runtime
+from .audit import AUDIT_NAME, print_log
 
 
 class Fail(Exception):
@@ -277,30 +278,8 @@ def cmd_audit(args) -> int:
     found = runtime.find_state(args.mountpoint)
     if found is None:
         raise Fail(f"no peafs mount at {args.mountpoint}")
-    path = found[0] / "audit.log"
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        if not args.follow:
-            return 0
-        while not path.exists():
-            time.sleep(0.2)
-        f = open(path, "rb")
-    with f:
-        out = sys.stdout.buffer
-        pending = b""
-        while True:
-            chunk = f.read()
-            if chunk:
-                pending += chunk
-                lines, _, pending = pending.rpartition(b"\n")
-                if lines:
-                    out.write(lines + b"\n")
-                    out.flush()
-            elif not args.follow:
-                return 0
-            else:
-                time.sleep(0.2)
+    print_log(found[0] / AUDIT_NAME, args.follow)
+    return 0
 
 
 # -- entry point -----------------------------------------------------------------------

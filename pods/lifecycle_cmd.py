@@ -390,6 +390,42 @@ def cmd_list(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ audit
+
+def _audit_path(what: str) -> Path | str:
+    """The audit log of a running pod NAME, or of the pod a policy file
+    describes (running or not: the log outlives the pod); or why not."""
+    if what.endswith(".toml") or "/" in what:
+        import rules
+
+        try:
+            policy = rules.load(what)
+        except rules.PolicyError as e:
+            return str(e)
+        except OSError as e:
+            return f"{what}: {e.strerror}"
+        return runtime.lasting_dir(policy.root) / "audit.log"
+    try:
+        state = runtime.read_state(what)
+    except ValueError as e:
+        return str(e)
+    if state is None or "root" not in state:
+        return (f"pod {what} is not running; for a stopped pod give its policy file "
+                f"(the log is ROOT.peapod/audit.log beside the pod's root)")
+    return runtime.lasting_dir(Path(state["root"])) / "audit.log"
+
+
+def cmd_audit(args) -> int:
+    from peafs.audit import print_log
+
+    path = _audit_path(args.pod)
+    if isinstance(path, str):
+        _err(path)
+        return EXIT_USAGE
+    print_log(path, args.follow)
+    return 0
+
+
 # ------------------------------------------------------------------ stop
 
 def cmd_stop(args) -> int:
@@ -461,6 +497,14 @@ def register(sub) -> None:
                        description="name, state, peas and number of processes of each pod.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("audit", help="the refusals of a pod, one JSON object per line",
+                       description="Print the pod's audit log (ROOT.peapod/audit.log, kept "
+                                   "after `pod stop`): every refusal by PeaFS.")
+    p.add_argument("pod", metavar="NAME|POLICY",
+                   help="a running pod's name, or the policy file of any pod")
+    p.add_argument("--follow", action="store_true", help="wait for new refusals")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("stop", help="stop a pod; nothing is left behind",
                        description="TERM every process of the pod, KILL after the timeout, "

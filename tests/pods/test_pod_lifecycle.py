@@ -225,7 +225,8 @@ def test_link_rules_and_audit_log_outlive_the_pod(pod_factory):
     the directory it may write. The link keeps the original's rule (r), in
     this run and, after `pod stop` and a new `pod start` of the same root,
     in the next: the write through the link is EACCES both times, and the
-    audit log holds the refusals of both runs."""
+    audit log holds the refusals of both runs. `pod audit` prints it, by
+    name while the pod runs, by policy file once it is stopped."""
     peas = ('[pea.main.files]\n"/" = "rx"\n"/srv/motd" = "r"\n"/srv/data" = "rw"\n'
             '"/srv/data/" = "rw"\n')
     pod = pod_factory.start(peas=peas, name=None)
@@ -237,13 +238,19 @@ def test_link_rules_and_audit_log_outlive_the_pod(pod_factory):
     r = pod.exec("ln", "/srv/motd", "/srv/data/l")
     assert r.returncode == 0, r.stderr
     assert pod.py(write).stdout.split() == ["EACCES"]
+    audit = lasting_dir(pod.root) / "audit.log"
+    r = pod.cli("audit", pod.name)                 # a running pod, by name
+    assert r.returncode == 0 and r.stdout == audit.read_text() and "/srv/" in r.stdout
     assert pod.stop().returncode == 0
     _nothing_left(pod)
+    r = pod.cli("audit", pod.name)                 # stopped: the name is no longer known ...
+    assert r.returncode == 2 and r.stderr.startswith(f"pod: pod {pod.name} is not running")
+    r = pod.cli("audit", pod.policy)               # ... but its policy file leads to the log
+    assert r.returncode == 0 and r.stdout == audit.read_text()
     r = pod.cli("start", pod.policy, timeout=120)
     assert r.returncode == 0, r.stderr
     assert pod.py(write).stdout.split() == ["EACCES"]
     assert (pod.root / "srv" / "motd").read_text() == "hello\n"
-    audit = lasting_dir(pod.root) / "audit.log"
     refused = [json.loads(line) for line in audit.read_text().splitlines()]
     # The object has two names, each with the rule r (the link's is the
     # original's); the line names the one checked first.
