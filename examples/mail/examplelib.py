@@ -321,6 +321,13 @@ def ensure_root(root: Path, build, rebuild: bool, running: bool) -> None:
             raise SetupError("--rebuild: stop the pod first")
         say(f"removing {root} (--rebuild)")
         shutil.rmtree(root)
+    # A new root holds new files: hard-link rules kept for the old one
+    # (ROOT.peapod/links.json, pods/runtime.lasting_dir) would give their
+    # rules to whatever now has those paths. The audit log stays.
+    links = root.parent / f"{root.name}.peapod" / "links.json"
+    if links.exists():
+        say(f"removing {links} (the link rules of the previous root)")
+        links.unlink()
     tmp = root.parent / f".{root.name}.new-{os.getpid()}"
     say(f"building the root in {tmp}")
     tmp.mkdir(mode=0o755)

@@ -430,4 +430,4 @@ def e2e():
         assert_exec_refused=assert_exec_refused, Audit=Audit, same_file=same_file,
         audit_entry_for=audit_entry_for, assert_audited=assert_audited, leftovers=leftovers,
         forced_cleanup=forced_cleanup, mounts_under=mounts_under, safe_rmtree=safe_rmtree,
-        teardown=teardown, assert_clean=assert_clean)
+        teardown=teardown, assert_clean=assert_clean, examplelib=ex)
