@@ -274,13 +274,16 @@ def stop_host_daemons(programs: list[str]) -> None:
 
 # ------------------------------------------------------------------ the root
 
+USR_MERGE_LINKS = ("bin", "lib", "lib64", "sbin")
+
+
 def base_tree(root: Path, *, hostname: str, hosts_line: str) -> None:
     """What every example pod's root holds besides its service: the files
     the C library reads, /tmp, /root, /run, and Debian's usr-merge links
     /bin, /lib, /lib64, /sbin -> usr/...: the policy mounts only /usr (the
     pod's daemon makes its mount point and binds the host's), so every
     program and library has one name in the pod."""
-    for link in ("bin", "lib", "lib64", "sbin"):
+    for link in USR_MERGE_LINKS:
         os.symlink(f"usr/{link}", root / link)
     for d, mode in (("etc", 0o755), ("tmp", 0o1777), ("root", 0o700), ("run", 0o755),
                     ("var/log", 0o755), ("var/tmp", 0o1777), ("home", 0o755)):
@@ -315,6 +318,11 @@ def ensure_root(root: Path, build, rebuild: bool, running: bool) -> None:
             raise SetupError(f"{root} exists but was not built by this setup (no /{MARKER} "
                              f"inside): a root left over; move it away and run setup again")
         if not rebuild:
+            if not all((root / link).is_symlink() for link in USR_MERGE_LINKS):
+                # Built by a setup from before the policies mounted /usr alone:
+                # without the links, /lib64/ld-linux-x86-64.so.2 is missing.
+                raise SetupError(f"{root} was built by an older setup (no usr-merge links "
+                                 f"{', '.join(USR_MERGE_LINKS)}): run setup with --rebuild")
             say(f"root {root} is already built")
             return
         if running:

@@ -10,9 +10,11 @@ import pytest
 from pods.runtime import lasting_dir
 
 
-def _build(text):
+def _build(text, links=True):
     def build(tmp):
         (tmp / "x").write_text(text)
+        for link in ("bin", "lib", "lib64", "sbin") if links else ():
+            (tmp / link).symlink_to(f"usr/{link}")
     return build
 
 
@@ -48,3 +50,15 @@ def test_a_failed_build_leaves_nothing_and_a_left_over_root_is_refused(e2e, tmp_
     root.mkdir()
     with pytest.raises(ex.SetupError, match="a root left over"):
         ex.ensure_root(root, _build("1"), rebuild=False, running=False)
+
+
+def test_a_root_from_an_older_setup_asks_for_a_rebuild(e2e, tmp_path):
+    """Roots built before the policies mounted /usr alone lack the usr-merge
+    links: reusing one would start a pod without /lib64/ld-linux-x86-64.so.2."""
+    ex = e2e.examplelib
+    root = tmp_path / "root"
+    ex.ensure_root(root, _build("old", links=False), rebuild=False, running=False)
+    with pytest.raises(ex.SetupError, match="built by an older setup .* run setup with --rebuild"):
+        ex.ensure_root(root, _build("new"), rebuild=False, running=False)
+    ex.ensure_root(root, _build("new"), rebuild=True, running=False)
+    assert (root / "x").read_text() == "new"
