@@ -182,7 +182,7 @@ def step_delivered(root: Path, tag: str, count: int = 3) -> None:
 
 def step_attack(name: str, root: Path) -> None:
     say("== 5. A break-in into Postfix tries a shell")
-    audit = runtime.lasting_dir(root) / "audit.log"   # kept after the pod stops
+    audit = runtime.audit_log(root)   # kept after the pod stops
     offset = audit.stat().st_size if audit.exists() else 0
     cmd = ["/bin/sh", "-c", "echo I own this mail server"]
     say(f"  $ pod exec {name} --pea smtpd -- {' '.join(cmd[:2])} '{cmd[2]}'")

@@ -404,15 +404,14 @@ def _audit_path(what: str) -> Path | str:
             return str(e)
         except OSError as e:
             return f"{what}: {e.strerror}"
-        return runtime.lasting_dir(policy.root) / "audit.log"
-    try:
-        state = runtime.read_state(what)
-    except ValueError as e:
-        return str(e)
+        return runtime.audit_log(policy.root)
+    if not runtime.NAME_RE.match(what):
+        return f"{what!r} is neither a pod name nor a policy file"
+    state = runtime.read_state(what)
     if state is None or "root" not in state:
         return (f"pod {what} is not running; for a stopped pod give its policy file "
                 f"(the log is ROOT.peapod/audit.log beside the pod's root)")
-    return runtime.lasting_dir(Path(state["root"])) / "audit.log"
+    return runtime.audit_log(Path(state["root"]))
 
 
 def cmd_audit(args) -> int:

@@ -59,6 +59,13 @@ def lasting_dir(root: Path) -> Path:
     return root.parent / f"{root.name}.peapod"
 
 
+def audit_log(root: Path) -> Path:
+    """The audit log of the pod whose staging directory is ``root``."""
+    from peafs.audit import AUDIT_NAME
+
+    return lasting_dir(root) / AUDIT_NAME
+
+
 def read_state(name: str) -> dict | None:
     try:
         return json.loads((pod_dir(name) / "state.json").read_text())

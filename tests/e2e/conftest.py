@@ -274,7 +274,7 @@ class Audit:
     pods/runtime.py; it outlives the pod), from its size at creation on."""
 
     def __init__(self, root: Path):
-        self.path = runtime.lasting_dir(root) / "audit.log"
+        self.path = runtime.audit_log(root)
         self.offset = self.path.stat().st_size if self.path.exists() else 0
 
     def entries(self) -> list[dict]:

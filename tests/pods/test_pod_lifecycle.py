@@ -12,7 +12,7 @@ from pathlib import Path
 
 from peafs import cgroup
 from pods import limits, netns
-from pods.runtime import lasting_dir
+from pods.runtime import audit_log
 
 from pod_support import POD
 
@@ -238,7 +238,7 @@ def test_link_rules_and_audit_log_outlive_the_pod(pod_factory):
     r = pod.exec("ln", "/srv/motd", "/srv/data/l")
     assert r.returncode == 0, r.stderr
     assert pod.py(write).stdout.split() == ["EACCES"]
-    audit = lasting_dir(pod.root) / "audit.log"
+    audit = audit_log(pod.root)
     r = pod.cli("audit", pod.name)                 # a running pod, by name
     assert r.returncode == 0 and r.stdout == audit.read_text() and "/srv/" in r.stdout
     assert pod.stop().returncode == 0
