@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from helpers_attack import PY, host_tree, policy, py_cmd, results
+from peafs_support import peafs_cmd
 
 from peafs import cgroup
 
@@ -129,3 +130,43 @@ def test_pod_uid_without_pea_gets_eacces(peafs_mount, tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert results(proc) == [{"read": "EACCES", "list": "EACCES", "create": "EACCES"}], \
         proc.stderr
+
+
+def test_an_absent_name_cached_for_a_pea_lets_an_outsider_see_but_not_touch(peafs_mount,
+                                                                          tmp_path):
+    """PeaFS answers an absent name with a negative entry (NEGATIVE_TIMEOUT),
+    which the kernel then gives to every caller without asking: right after
+    a pea found "absent" missing, the host's stat of it is ENOENT, not
+    EACCES (seeing, like the positive entries the kernel caches). Touching
+    still reaches PeaFS: every create of that name is EACCES, nothing is
+    made, and other names stay EACCES."""
+    root = _stage(tmp_path)
+    before = host_tree(root)
+    m = peafs_mount(POLICY, root=root)
+    mp = m.mountpoint
+    code = ("import os, sys\nprint(os.path.exists(os.path.join(sys.argv[1], 'absent')), "
+            "flush=True)\nsys.stdin.readline()\n")
+    p = subprocess.Popen(peafs_cmd("run", mp, "--pea", "all", "--", PY, "-I", "-S", "-c", code,
+                                   mp), env=m.env(), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().split() == ["False"]
+        got = {
+            "stat_absent": _attempt(os.stat, mp / "absent"),
+            "create": _attempt(lambda: os.close(os.open(mp / "absent",
+                                                        os.O_WRONLY | os.O_CREAT, 0o644))),
+            "mkdir": _attempt(os.mkdir, mp / "absent"),
+            "symlink": _attempt(os.symlink, "/etc/passwd", mp / "absent"),
+            "mkfifo": _attempt(os.mkfifo, mp / "absent"),
+            "stat_other": _attempt(os.stat, mp / "f"),
+        }
+        p.stdin.write("\n")
+        p.stdin.flush()
+        p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert got == {"stat_absent": "ENOENT", "create": "EACCES", "mkdir": "EACCES",
+                   "symlink": "EACCES", "mkfifo": "EACCES", "stat_other": "EACCES"}
+    assert host_tree(root) == before
