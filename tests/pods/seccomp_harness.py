@@ -686,12 +686,16 @@ class FakePod:
             with open(f"/proc/{pid}/gid_map", "w") as f:
                 f.write(f"0 {self.uid_base} 65536\n")
             os.write(go_w, b"g")
-            p2 = self._line(rep)
-            assert p2.startswith("P "), p2
-            self.p2 = int(p2[2:])
-            lst = self._line(rep)
-            assert lst.startswith("L "), f"the fake pod's init failed: {lst}"
-            listener = seccomp.pidfd_take(self.p2, int(lst[2:])) if self.filtered else None
+            # "P PID" (from P1, after its fork) and "L FD" (from P2, once its
+            # filter is in) share the pipe and race: take them in either order.
+            lines = {}
+            for _ in range(2):
+                line = self._line(rep)
+                assert line[:2] in ("P ", "L ") and line[0] not in lines, \
+                    f"the fake pod's init failed: {line}"
+                lines[line[0]] = line[2:]
+            self.p2 = int(lines["P"])
+            listener = seccomp.pidfd_take(self.p2, int(lines["L"])) if self.filtered else None
             os.write(go_w, b"g")
         finally:
             rep.close()
