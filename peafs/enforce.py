@@ -19,7 +19,7 @@ import errno
 
 import pyfuse3
 
-from . import cgroup
+from . import cgroup, execwatch
 
 ERR = pyfuse3.FUSEError
 
@@ -41,15 +41,20 @@ def tgid_of(tid: int) -> int | None:
 
 
 class Enforcer:
-    def __init__(self, policy, ids, audit):
+    def __init__(self, policy, ids, audit, watch=None):
         self.policy = policy
         self.pod = policy.name
         self.ids = ids
         self.audit = audit
+        self.watch = watch        # execwatch.ExecWatch: pending transitions
 
     # -- the caller --------------------------------------------------------
 
     def pea_name(self, ctx) -> str | None:
+        if self.watch is not None and self.watch.busy:
+            # A pending transition may have committed: apply it first, so
+            # the new program is judged under its new pea (execwatch.py).
+            self.watch.settle()
         name = cgroup.pea_of(ctx.pid, self.pod)
         return name if name in self.policy.peas else None
 
@@ -100,11 +105,53 @@ class Enforcer:
                     raise ERR(errno.EACCES)
         return pea
 
+    def check_some(self, ctx, operation: str, paths, pea) -> None:
+        """Require at least one letter of rwx on every one of ``paths``."""
+        if self.granted(pea, paths):
+            return
+        self._log(pea.name, ctx, operation, path_str(paths[0]), "rwx",
+                  "no access to the original", "link", pea.complain)
+        if not pea.complain:
+            raise ERR(errno.EACCES)
+
     # -- exec transitions --------------------------------------------------
 
-    def exec_transition(self, ctx, pea, paths) -> None:
-        """Move the calling process to the pea its exec names, before the
-        exec goes on (the kernel waits for our reply to the open)."""
+    def exec_open(self, ctx, paths, node_id: int):
+        """Decide an exec open (the kernel's __FMODE_EXEC) of node ``node_id``.
+
+        The pea that judges it is the caller's, except for an interpreter
+        opened by an exec whose transition is pending: that one is judged
+        under the target pea (the interpreter runs there if the exec
+        commits). A transition is only *recorded* here; execwatch.py moves
+        the process when the kernel reports the commit, so a failed exec
+        leaves it where it was. Returns the judging Pea.
+        """
+        caller = self.caller(ctx, "exec", path_str(paths[0]) if paths else "")
+        watch = self.watch
+        # Only a process with a pending attempt needs placing (rare): the
+        # common exec costs nothing here.
+        tgid = tgid_of(ctx.pid) if watch is not None and watch.busy else None
+        pending, stage = (None, None)
+        if tgid is not None:
+            pending, stage = watch.begin(ctx.pid, tgid)
+        judge = self.policy.peas[pending.target] if pending is not None else caller
+        self.check(ctx, "exec", "x", paths, pea=judge)
+        target = self._target(ctx, judge, paths)
+        if pending is not None:
+            # An interpreter of the pending exec: it may chain on (its own
+            # transition, under the target), and a #! interpreter is what
+            # the kernel will load, hence what /proc/PID/exe must show.
+            if target is not None:
+                pending.target = target
+            if stage == "interp":
+                pending.expected = node_id
+            return judge
+        if target is None:
+            return judge
+        self._record(ctx, caller, target, paths, node_id, tgid, stage)
+        return judge
+
+    def _target(self, ctx, pea, paths) -> str | None:
         targets = {pea.transition_parts(p) for p in paths}
         if len(targets) > 1:
             # Two names of one program that lead to different peas: we
@@ -113,16 +160,37 @@ class Enforcer:
                       "ambiguous transition (hard links)", "link", False)
             raise ERR(errno.EACCES)
         target = targets.pop() if targets else None
-        if target is None or target == pea.name:
-            return
-        tgid = tgid_of(ctx.pid)
-        if tgid is None:
+        return None if target == pea.name else target
+
+    def _record(self, ctx, caller, target, paths, node_id, tgid, stage) -> None:
+        path = path_str(paths[0])
+
+        def refuse(why: str):
+            self._log(caller.name, ctx, "exec", path, "x", why, "transition", False)
             raise ERR(errno.EACCES)
+
+        if self.watch is None:
+            refuse("transitions are off (no exec watch)")
+        if tgid is None:
+            tgid = tgid_of(ctx.pid)
+            if tgid is None:
+                raise ERR(errno.EACCES)
+        if stage is None:
+            stage = execwatch.exec_stage(ctx.pid)
+        if stage not in ("main", "interp"):
+            refuse("transition on an ELF interpreter, or an exec open we cannot place")
+        status = execwatch.process_status(tgid)
+        if status.get(b"Threads") != b"1":
+            # The commit event names the process, not the thread: with
+            # two threads we could not tell whose exec committed.
+            refuse("a process with several threads cannot change pea")
+        if status.get(b"TracerPid", b"0") != b"0":
+            refuse("a traced process cannot change pea")
+        self.watch.prune()
         try:
-            cgroup.join(tgid, self.pod, target)
-        except cgroup.CgroupError:
-            self._log(pea.name, ctx, "exec", path_str(paths[0]), "x",
-                      f"cannot move process to pea {target}", "barrier", False)
+            self.watch.add(tgid, caller.name, target, node_id, path,
+                           self.ids.uid.to_virtual(ctx.uid))
+        except OSError:
             raise ERR(errno.EACCES)
 
     # -- audit -------------------------------------------------------------

@@ -323,6 +323,9 @@ class PeaFS(pyfuse3.Operations):
         new_path = path_str(self._child_paths(parent, sname)[0])
         if not old_paths:
             raise ERR(errno.EACCES)
+        # A pea may link only to what it may access (some letter of rwx):
+        # a new name is a new way to reach the object (DESIGN s.4).
+        self.enf.check_some(ctx, "link", old_paths, pea)
         # linkat through the handle's magic link: the object itself, never a
         # name a pod could have swapped meanwhile.
         os.link(ino.proc_path(), sname, dst_dir_fd=parent.fd, follow_symlinks=True)
@@ -460,12 +463,12 @@ class PeaFS(pyfuse3.Operations):
     def open(self, inode_id, flags, ctx):
         ino = self.table[inode_id]
         paths = self._paths(ino)
-        op = "exec" if flags & FMODE_EXEC else "open"
-        pea = self.enf.check(ctx, op, self._need_for(flags), paths)
+        if flags & FMODE_EXEC:
+            self.enf.exec_open(ctx, paths, ino.id)
+        else:
+            self.enf.check(ctx, "open", self._need_for(flags), paths)
         if ino.is_special or ino.fmt == stat.S_IFLNK:
             raise ERR(errno.EACCES)   # never reached: the kernel opens these itself
-        if flags & FMODE_EXEC:
-            self.enf.exec_transition(ctx, pea, paths)
         fd = os.open(ino.proc_path(), self._real_flags(flags))
         self.open_fds.add(fd)
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)

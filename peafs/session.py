@@ -19,8 +19,9 @@ import resource
 from pathlib import Path
 
 import pyfuse3
+import trio
 
-from . import cgroup
+from . import cgroup, execwatch
 from .audit import AuditLog
 from .enforce import Enforcer
 from .fs import PeaFS
@@ -47,6 +48,7 @@ class PeaFSSession:
         self.writeback = writeback
         self.ops: PeaFS | None = None
         self.audit: AuditLog | None = None
+        self.watch: execwatch.ExecWatch | None = None   # only with exec rules
         self._mounted = False
         self._serving = False
         self._closed = False
@@ -64,7 +66,11 @@ class PeaFSSession:
             links.load()
             self.audit = AuditLog(self.state_dir, self.policy.name)
             ids = Ids(self.policy.uid_map, self.policy.gid_map)
-            enforcer = Enforcer(self.policy, ids, self.audit)
+            if any(p.exec for p in self.policy.peas.values()):
+                execwatch.check_kernel()
+                self.watch = execwatch.ExecWatch(self.policy.name, self.audit,
+                                                 self._fuse_dev)
+            enforcer = Enforcer(self.policy, ids, self.audit, self.watch)
             self.ops = PeaFS(root_fd, self.policy, ids, enforcer, links,
                              writeback=self.writeback)
             pyfuse3.init(self.ops, str(self.mountpoint), mount_options(self.policy.name))
@@ -73,6 +79,31 @@ class PeaFSSession:
             raise
         self._mounted = True
 
+    def settle(self) -> None:
+        """Apply committed exec transitions now (the supervisor calls this
+        before it asks which pea a process is in)."""
+        if self.watch is not None and self.watch.busy:
+            self.watch.settle()
+
+    def pending_transition(self, tgid: int) -> bool:
+        """Whether ``tgid`` is in an exec whose transition has not committed."""
+        return self.watch is not None and tgid in self.watch.pending
+
+    def _fuse_dev(self) -> int:
+        """The device number of our mount, from /proc/self/mountinfo (a stat
+        of the mount point would be a request to ourselves)."""
+        want = os.path.realpath(self.mountpoint)
+        dev = None
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields[4] == want and line.split(" - ")[1].startswith("fuse"):
+                    major, minor = fields[2].split(":")
+                    dev = os.makedev(int(major), int(minor))
+        if dev is None:
+            raise RuntimeError(f"{want} is not in /proc/self/mountinfo")
+        return dev
+
     async def serve(self) -> None:
         if not self._mounted:
             raise RuntimeError("PeaFSSession.serve() before mount()")
@@ -80,7 +111,11 @@ class PeaFSSession:
         try:
             # Handlers never await (each runs to completion), so one worker
             # task does all the work; more would only add task churn.
-            await pyfuse3.main(min_tasks=1, max_tasks=1)
+            async with trio.open_nursery() as nursery:
+                if self.watch is not None:
+                    nursery.start_soon(self.watch.run)
+                await pyfuse3.main(min_tasks=1, max_tasks=1)
+                nursery.cancel_scope.cancel()
         finally:
             self._serving = False
             self._finish()
@@ -104,5 +139,7 @@ class PeaFSSession:
         finally:
             if self.ops is not None:
                 self.ops.table.close_all()
+            if self.watch is not None:
+                self.watch.close()
             if self.audit is not None:
                 self.audit.close()

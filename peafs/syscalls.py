@@ -42,3 +42,25 @@ def fchown_fd(fd: int, uid: int, gid: int) -> None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+# statx(2), for one purpose: identify the file behind a magic link such as
+# /proc/PID/exe *without* a FUSE round trip. With AT_STATX_DONT_SYNC the
+# kernel answers from what it has cached (FUSE: the node id we gave and the
+# connection's device), so the daemon can ask about its own mount from its
+# own request loop without waiting on itself.
+AT_STATX_DONT_SYNC = 0x4000
+STATX_INO = 0x100
+_STATX_SIZE = 256
+_libc.statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+
+
+def statx_ino_dev(path: str) -> tuple[int, int]:
+    """(st_ino, st_dev) of ``path`` (links followed) from the kernel's cache."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    _check(_libc.statx(AT_FDCWD, os.fsencode(path), AT_STATX_DONT_SYNC, STATX_INO, buf), "statx")
+    raw = buf.raw
+    ino = int.from_bytes(raw[32:40], "little")
+    major = int.from_bytes(raw[136:140], "little")
+    minor = int.from_bytes(raw[140:144], "little")
+    return ino, os.makedev(major, minor)

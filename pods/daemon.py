@@ -368,7 +368,10 @@ class PodDaemon:
                     nursery.start_soon(self.session.serve)
                 await self.start_pod()
                 if Supervisor is not None:
-                    self.supervisor = Supervisor(self.name, self.policy)
+                    self.supervisor = Supervisor(
+                        self.name, self.policy,
+                        settle=self.session.settle if self.session else None,
+                        pending=self.session.pending_transition if self.session else None)
                     nursery.start_soon(self.supervisor.serve)
                 listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 path = self.dir / "control"

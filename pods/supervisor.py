@@ -114,15 +114,22 @@ def FD(fd: int) -> _Answer:
 
 
 class Supervisor:
-    def __init__(self, pod_name: str, policy):
+    def __init__(self, pod_name: str, policy, *, settle=None, pending=None):
         notify.check_sizes()
+        # PeaFS's exec watch (peafs/execwatch.py): ``settle`` applies the
+        # transitions the kernel has committed, so every decision here sees
+        # a process in the pea its *current* program belongs to;
+        # ``pending(host_tgid)`` says a process is inside an exec whose
+        # transition has not committed yet.
+        self._settle = settle or (lambda: None)
+        self._pending = pending or (lambda tgid: False)
         self.pod = pod_name
         self.policy = policy
         self.procs = procs.PodProcs(pod_name)
         self.stats: Counter = Counter()
         self.busy_ns = 0              # time spent deciding (bench: cost per call)
         self._listeners: set[int] = set()
-        self._pending: list[int] = []
+        self._waiting: list[int] = []
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._send_limiter = trio.CapacityLimiter(32)
@@ -139,14 +146,14 @@ class Supervisor:
         if self._nursery is not None:
             self._nursery.start_soon(self._serve_listener, fd)
         else:
-            self._pending.append(fd)
+            self._waiting.append(fd)
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for fd in self._pending:
+            for fd in self._waiting:
                 nursery.start_soon(self._serve_listener, fd)
-            self._pending.clear()
+            self._waiting.clear()
             self._cancel = nursery.cancel_scope
             if self._closed:
                 nursery.cancel_scope.cancel()
@@ -219,6 +226,7 @@ class Supervisor:
         name = NAME.get(note.nr, str(note.nr))
         self.stats[name] += 1
         try:
+            self._settle()
             handler = getattr(self, "_do_" + name, None)
             if handler is None:
                 ans = ERR(errno.EPERM)
@@ -319,16 +327,40 @@ class Supervisor:
         caller = self._caller(note)
         return self._same_pea_target(fd, note, caller, note.arg_int(i))
 
+    def _mid_transition(self, note, i) -> bool:
+        """Whether the process named by argument ``i`` is inside an exec
+        whose transition has not committed. Until the commit it is in its
+        old pea, but whoever writes its memory or registers then would be
+        running code in the target pea after it: refused, as the kernel
+        refuses a traced set-id exec its privilege."""
+        caller = self._caller(note)
+        vpid = note.arg_int(i)
+        if vpid <= 0 or vpid == caller.vtgid:
+            return False
+        t = self.procs.resolve(caller, vpid)
+        if t is None:
+            return False
+        try:
+            return self._pending(t.info.tgid)
+        finally:
+            t.close()
+
     def _do_ptrace(self, fd, note):
         if note.args[0] == PTRACE_TRACEME:
             return CONT   # names no target: the parent becomes the tracer, and
             #               every later request of that parent is mediated here
+        if self._mid_transition(note, 1):
+            return ERR(errno.EPERM)
         return self._pid_arg(fd, note, 1)
 
     def _do_process_vm_readv(self, fd, note):
         return self._pid_arg(fd, note, 0)
 
-    _do_process_vm_writev = _do_process_vm_readv
+    def _do_process_vm_writev(self, fd, note):
+        if self._mid_transition(note, 0):
+            return ERR(errno.EPERM)
+        return self._pid_arg(fd, note, 0)
+
     _do_prlimit64 = _do_process_vm_readv
     _do_sched_setaffinity = _do_process_vm_readv
     _do_sched_setscheduler = _do_process_vm_readv

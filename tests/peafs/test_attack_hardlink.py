@@ -1,6 +1,8 @@
 """Hard links never widen a pea's rights (DESIGN s.4, "Hard links").
 
-A pea that may write a directory can link into it a file it may not read.
+A pea that may write a directory can link into it a file it may access but
+not read (x only here; with no letter at all the link itself is refused:
+test_attack_transitions.py).
 The new name would fall under the directory's rule, so a link made inside a
 pod takes, in every pea, a path-specific rule equal to the original path's
 rule: reading (or writing) through the link is refused exactly as through the
@@ -18,6 +20,7 @@ POLICY = policy('''
 [pea.w.files]
 "/d" = "rw"
 "/d/" = "rw"
+"/secret" = "x"     # a letter on the original: w may link it (DESIGN s.4)
 
 [pea.owner.files]
 "/" = "rw"

@@ -47,7 +47,11 @@ POLICY = r'''
 "/cgi/" = "rx"
 '''
 
-SHOW = "#!/bin/sh\nsed -n 's|^0::.*/||p' /proc/self/cgroup\n"
+# The interpreter is on the mount: a transition commits when the kernel has
+# loaded the program PeaFS opened last for the exec (the #! interpreter), so
+# an interpreter the mount never sees (/bin/sh of the host) means no
+# transition (execwatch.py). In a pod every program is on the mount.
+SHOW_BODY = "sed -n 's|^0::.*/||p' /proc/self/cgroup\n"
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +61,14 @@ def m(peafs_module_mount, tmp_path_factory):
         (root / d).mkdir(parents=True)
     mount = peafs_module_mount(POLICY, root=root)
     mp = mount.mountpoint
+    SHOW = f"#!{mp}/bin/mysh\n" + SHOW_BODY
     progs = {
         "bin/tob": SHOW, "bin/plain": SHOW, "bin/toc": SHOW,
         "cgi/run": SHOW, "cgi/sub/deep": SHOW, "noexec/tob": SHOW,
         "bin/script-bad-interp": f"#!{mp}/ibin/mysh\nsed -n 's|^0::.*/||p' /proc/self/cgroup\n",
         "bin/script-good-interp": f"#!{mp}/bin/mysh\nsed -n 's|^0::.*/||p' /proc/self/cgroup\n",
         # moves a -> b, then, from b, executes b's own transition to c
-        "bin/tob-chain": f"#!/bin/sh\nsed -n 's|^0::.*/||p' /proc/self/cgroup\nexec {mp}/bin/toc\n",
+        "bin/tob-chain": f"#!{mp}/bin/mysh\nsed -n 's|^0::.*/||p' /proc/self/cgroup\nexec {mp}/bin/toc\n",
     }
     for name, text in progs.items():
         (root / name).write_text(text)
@@ -95,8 +100,13 @@ def test_no_rule_no_transition(m):
 
 
 def test_elf_binary_transition(m):
-    code, out, err = _run(m, "a", "bin/tob-elf", "/proc/self/cgroup")
+    # cat opens a file on the mount first: the pea moves at the commit, and
+    # the first request of the new program settles it (a read of
+    # /proc/self/cgroup alone involves no request of ours).
+    (m.root / "bin/hello").write_text("hello\n") if not (m.root / "bin/hello").exists() else None
+    code, out, err = _run(m, "a", "bin/tob-elf", f"{m.mountpoint}/bin/hello", "/proc/self/cgroup")
     assert code == 0, err
+    assert out.splitlines()[0] == "hello"
     assert out.rsplit("/", 1)[1] == "b"
 
 

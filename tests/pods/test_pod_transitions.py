@@ -1,0 +1,140 @@
+"""Exec transitions in a real pod (`pod start` / `pod exec --pea`).
+
+DESIGN s.4: a transition takes effect only when the exec commits. Since
+Linux 6.8 the kernel opens the program (the exec open PeaFS sees) before it
+copies argv, so an execve with a bad argv pointer opens the program and then
+fails with EFAULT: the process must still be in its pea, without the target
+pea's rights. The attacker is a static C program (no loader needed) in the
+pod's staging root; pea ``a`` may run /tbin/tcat (a copy of cat), which moves
+it to ``t``; only ``t`` may read /data/t-only.
+
+The attacker prints one JSON line after its failed exec: ``exec`` (errno
+name), ``pea`` (last component of /proc/self/cgroup's "0::" line) and
+``t_only`` ("OK" or the errno name of open("/data/t-only", O_RDONLY)).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+PEAS = r'''
+[pea.main.files]
+"/" = "rwx"
+
+[pea.a.files]
+"/" = "r"
+"/usr/" = "rx"
+"/tbin/" = "rx"
+"/data" = "rw"
+"/data/" = "rw"
+"/data/t-only" = ""
+
+[pea.a.exec]
+"/tbin/tcat" = "t"
+"/tbin/tshow" = "t"
+
+[pea.t.files]
+"/" = "r"
+"/usr/" = "rx"
+"/tbin/" = "rx"
+"/data/t-only" = "r"
+'''
+
+SECRET = "secret-t"
+
+ATTACK_C = r'''
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static const char *ename(int e) {
+    const char *n = strerrorname_np(e);
+    return n ? n : "UNKNOWN";
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: attack badargv|good PROG T_ONLY\n");
+        return 2;
+    }
+    const char *prog = argv[2], *tonly = argv[3];
+    char *good_argv[] = { "tcat", (char *)tonly, NULL };
+    char *empty_env[] = { NULL };
+    long r;
+    if (!strcmp(argv[1], "badargv"))
+        r = syscall(SYS_execve, prog, (char *const *)1, NULL);
+    else if (!strcmp(argv[1], "good"))
+        r = syscall(SYS_execve, prog, good_argv, empty_env);
+    else
+        return 2;
+    const char *exec_err = r == 0 ? "OK" : ename(errno);
+
+    char line[4096], pea[256] = "?";
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    while (f && fgets(line, sizeof line, f)) {
+        if (strncmp(line, "0::", 3) == 0) {
+            line[strcspn(line, "\n")] = 0;
+            char *slash = strrchr(line, '/');
+            snprintf(pea, sizeof pea, "%s", slash ? slash + 1 : line + 3);
+        }
+    }
+    if (f) fclose(f);
+    const char *t = "OK";
+    int fd = open(tonly, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) t = ename(errno); else close(fd);
+    printf("{\"exec\": \"%s\", \"pea\": \"%s\", \"t_only\": \"%s\"}\n", exec_err, pea, t);
+    return 0;
+}
+'''
+
+
+@pytest.fixture(scope="module")
+def pod(pods, tmp_path_factory):
+    p = pods.start(peas=PEAS)
+    root = p.root
+    (root / "tbin").mkdir(mode=0o755)
+    (root / "data").mkdir(mode=0o755)
+    src = tmp_path_factory.mktemp("pod-attack") / "attack.c"
+    src.write_text(ATTACK_C)
+    cc = subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", str(root / "tbin/attack"),
+                         str(src)], capture_output=True, text=True, timeout=120)
+    assert cc.returncode == 0, f"gcc -static: {cc.stderr}"
+    shutil.copy("/usr/bin/cat", root / "tbin/tcat")
+    (root / "tbin/tshow").write_text("#!/bin/sh\nsed -n 's|^0::.*/||p' /proc/self/cgroup\n")
+    for name in ("attack", "tcat", "tshow"):
+        (root / "tbin" / name).chmod(0o755)
+    (root / "data/t-only").write_text(SECRET + "\n")
+    (root / "data/t-only").chmod(0o644)
+    return p
+
+
+def _why(r) -> str:
+    return f"rc={r.returncode} stdout={r.stdout[-1500:]!r} stderr={r.stderr[-1500:]!r}"
+
+
+def test_bad_argv_exec_leaves_a_pod_process_in_its_pea(pod):
+    # The rules as set up: a cannot read t-only itself.
+    r = pod.exec("/bin/cat", "/data/t-only", pea="a")
+    assert r.returncode == 1 and r.stdout == "" and "Permission denied" in r.stderr, _why(r)
+    r = pod.exec("/tbin/attack", "badargv", "/tbin/tcat", "/data/t-only", pea="a")
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    assert r.returncode == 0 and lines, _why(r)
+    assert json.loads(lines[-1]) == {"exec": "EFAULT", "pea": "a", "t_only": "EACCES"}, _why(r)
+
+
+def test_committed_transition_in_a_pod(pod):
+    r = pod.exec("/tbin/tcat", "/data/t-only", pea="a")
+    assert (r.returncode, r.stdout) == (0, SECRET + "\n"), _why(r)
+    # through an execve of the attacker with a good argv
+    r = pod.exec("/tbin/attack", "good", "/tbin/tcat", "/data/t-only", pea="a")
+    assert (r.returncode, r.stdout) == (0, SECRET + "\n"), _why(r)
+    r = pod.exec("/tbin/tshow", pea="a")
+    assert (r.returncode, r.stdout.strip()) == (0, "t"), _why(r)
