@@ -49,10 +49,8 @@ from peafs import cgroup
 from pods import control, limits, netns, rootfs, runtime
 from pods import namespaces as ns
 
-try:  # helper E's seccomp-notify supervisor; absent while it is being written
-    from pods.supervisor import Supervisor
-except ImportError:  # pragma: no cover
-    Supervisor = None
+# No fallback: a pod never runs without its supervisor (fail closed).
+from pods.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -367,12 +365,11 @@ class PodDaemon:
                 if self.session is not None:
                     nursery.start_soon(self.session.serve)
                 await self.start_pod()
-                if Supervisor is not None:
-                    self.supervisor = Supervisor(
-                        self.name, self.policy,
-                        settle=self.session.settle if self.session else None,
-                        pending=self.session.pending_transition if self.session else None)
-                    nursery.start_soon(self.supervisor.serve)
+                self.supervisor = Supervisor(
+                    self.name, self.policy,
+                    settle=self.session.settle if self.session else None,
+                    pending=self.session.pending_transition if self.session else None)
+                nursery.start_soon(self.supervisor.serve)
                 listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 path = self.dir / "control"
                 await listener.bind(str(path))

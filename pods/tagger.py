@@ -57,10 +57,8 @@ import termios
 from pods import namespaces as ns
 from pods.control import recv_msg, send_msg
 
-try:  # helper E's seccomp filter; absent while it is being written
-    from pods import seccomp as _seccomp
-except ImportError:  # pragma: no cover
-    _seccomp = None
+# No fallback: a pod process never runs without its filter (fail closed).
+from pods import seccomp as _seccomp
 
 TIOCGPTPEER = 0x5441
 TIOCSPTLCK = 0x40045431
@@ -165,9 +163,7 @@ def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> Non
             env["TERM"] = args.term
         # 8. seccomp, last: from here on only the filtered calls below run.
         step = "seccomp"
-        listener = None
-        if _seccomp is not None:
-            listener = _seccomp.install(notify=args.notify)
+        listener = _seccomp.install(notify=args.notify)
         os.write(report_w, f"L {-1 if listener is None else listener}\n".encode())
         if os.read(go_r, 1) != b"g":
             os._exit(126)
