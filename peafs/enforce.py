@@ -186,6 +186,9 @@ class Enforcer:
             refuse("a process with several threads cannot change pea")
         if status.get(b"TracerPid", b"0") != b"0":
             refuse("a traced process cannot change pea")
+        why = self.watch.guard(tgid) if self.watch.guard is not None else None
+        if why:
+            refuse(f"cannot change pea: {why}")
         self.watch.prune()
         try:
             self.watch.add(tgid, caller.name, target, node_id, path,

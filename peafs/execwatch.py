@@ -194,6 +194,10 @@ class ExecWatch:
         self._fuse_dev_of = fuse_dev_of      # () -> st_dev of our mount
         self._fuse_dev: int | None = None
         self.pending: dict[int, Pending] = {}
+        # (tgid) -> why it may not change pea now, or None: the pod's
+        # supervisor knows signals armed towards a process (F_SETOWN,
+        # PR_SET_PDEATHSIG), which would cross the transition.
+        self.guard = None
         self._moved: dict[int, _Moved] = {}
         self.sock = self._open_socket()
 
@@ -346,6 +350,11 @@ class ExecWatch:
             status = process_status(p.tgid)
             if status.get(b"TracerPid", b"0") != b"0":
                 self._log(p, "x", "traced during the exec: no transition")
+                return False
+            why = self.guard(p.tgid) if self.guard is not None else None
+            if why:
+                self._log(p, "x", f"{why}: killed")
+                self._signal(p.pidfd)
                 return False
             bad = unsecure_names(p.tgid)
             if bad is None or bad:

@@ -89,6 +89,13 @@ class PeaFSSession:
         """Whether ``tgid`` is in an exec whose transition has not committed."""
         return self.watch is not None and tgid in self.watch.pending
 
+    def set_transition_guard(self, guard) -> None:
+        """``guard(tgid) -> reason | None``: asked before a transition is
+        recorded and again at its commit (the pods' supervisor knows
+        signals armed towards a process)."""
+        if self.watch is not None:
+            self.watch.guard = guard
+
     def _fuse_dev(self) -> int:
         """The device number of our mount, from /proc/self/mountinfo (a stat
         of the mount point would be a request to ourselves)."""

@@ -369,6 +369,8 @@ class PodDaemon:
                     self.name, self.policy,
                     settle=self.session.settle if self.session else None,
                     pending=self.session.pending_transition if self.session else None)
+                if self.session is not None:
+                    self.session.set_transition_guard(self.supervisor.transition_guard)
                 nursery.start_soon(self.supervisor.serve)
                 listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 path = self.dir / "control"

@@ -71,6 +71,9 @@ Refused with EPERM, and what each refusal prevents:
 - SCTP sockets (IPPROTO_SCTP, or SOCK_SEQPACKET on AF_INET/AF_INET6, whose
   default protocol is SCTP): SCTP binds and connects through setsockopt
   (bindx, connectx), past the mediated bind() and connect().
+- prctl(PR_SET_PDEATHSIG) is mediated (noted, then let through: see the
+  supervisor's "signals armed before a transition"); other prctl options
+  are allowed.
 - fcntl(F_SETOWN_EX), ioctl(FIOSETOWN, SIOCSPGRP): set the process that
   receives SIGIO/SIGURG (a signal to another process) through a structure in
   memory; F_SETOWN (a register) is mediated instead. ioctl(TIOCSTI,
@@ -101,7 +104,7 @@ import struct
 from pods.seccomp_syscalls import (
     AF_INET, AF_INET6, AUDIT_ARCH_X86_64, CLONE_FILES, CLONE_NEWUSER, CLONE_THREAD,
     F_SETOWN, F_SETOWN_EX, FIOSETOWN, IOPRIO_WHO_PROCESS, IPPROTO_SCTP, NR,
-    PRIO_PROCESS, S_IFBLK, S_IFCHR, S_IFMT, SAFE_PERSONALITIES, SIOCSPGRP,
+    PR_SET_PDEATHSIG, PRIO_PROCESS, S_IFBLK, S_IFCHR, S_IFMT, SAFE_PERSONALITIES, SIOCSPGRP,
     SOCK_SEQPACKET, TIOCLINUX, TIOCSTI, X32_SYSCALL_BIT,
 )
 
@@ -356,6 +359,17 @@ def _build(notify_ret: int) -> bytes:
         p.ret(ALLOW)
 
     block(["fcntl"], fcntl)
+
+    def prctl():
+        # A parent-death signal survives an exec: the supervisor notes who
+        # armed one, so that it never crosses a pea transition (the kernel
+        # clears it only for set-id execs). Every other prctl is the
+        # caller's own business.
+        p.ld(_arg_lo(0))
+        p.if_then(_JMP_JEQ_K, PR_SET_PDEATHSIG, NOTIFY)
+        p.ret(ALLOW)
+
+    block(["prctl"], prctl)
 
     def ioctl():
         p.ld(_arg_lo(1))

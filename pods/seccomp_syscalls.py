@@ -42,6 +42,7 @@ NR = {
     # calls with argument checks in the filter
     "clone": 56, "clone3": 435, "unshare": 272, "personality": 135,
     "mknod": 133, "mknodat": 259, "socket": 41, "fcntl": 72, "ioctl": 16,
+    "prctl": 157,
     # processes (mediated)
     "kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129,
     "rt_tgsigqueueinfo": 297, "pidfd_open": 434, "pidfd_send_signal": 424,
@@ -81,6 +82,7 @@ SOCK_SEQPACKET = 5
 IPPROTO_SCTP = 132
 
 F_SETOWN = 8
+PR_SET_PDEATHSIG = 1
 F_SETOWN_EX = 15
 FIOSETOWN = 0x8901
 SIOCSPGRP = 0x8902

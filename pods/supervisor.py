@@ -75,7 +75,7 @@ from pods import notify
 from pods import seccomp_procs as procs
 from pods.seccomp_syscalls import (
     AF_INET, AF_INET6, AF_NETLINK, AF_UNIX, F_SETOWN, IOPRIO_WHO_PGRP,
-    IOPRIO_WHO_PROCESS, NAME, PRIO_PGRP, PRIO_PROCESS, PTRACE_TRACEME,
+    IOPRIO_WHO_PROCESS, NAME, PR_SET_PDEATHSIG, PRIO_PGRP, PRIO_PROCESS, PTRACE_TRACEME,
 )
 
 log = logging.getLogger("pods.supervisor")
@@ -113,6 +113,12 @@ def FD(fd: int) -> _Answer:
     return _Answer("fd", fd)
 
 
+def _exited(pidfd: int) -> bool:
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(0))
+
+
 class Supervisor:
     def __init__(self, pod_name: str, policy, *, settle=None, pending=None):
         notify.check_sizes()
@@ -134,6 +140,8 @@ class Supervisor:
         self._closed = False
         self._send_limiter = trio.CapacityLimiter(32)
         self._callers: dict[int, procs.Caller] = {}
+        self._armed: dict[int, int] = {}          # host tgid -> pidfd
+        self._armed_groups: set[int] = set()      # host pgids
 
     # ------------------------------------------------------------ serving
     def add_listener(self, fd: int) -> None:
@@ -168,6 +176,9 @@ class Supervisor:
             scope.cancel()
         for fd in list(self._listeners):
             self._drop(fd)
+        for pfd in self._armed.values():
+            os.close(pfd)
+        self._armed.clear()
 
     def _drop(self, fd: int) -> None:
         if fd in self._listeners:
@@ -401,8 +412,76 @@ class Supervisor:
         if owner == 0:
             return CONT   # clears the owner
         if owner > 0:
-            return self._same_pea_target(fd, note, caller, owner)
-        return self._group_all_in_pea(caller, -owner)
+            ans = self._same_pea_target(fd, note, caller, owner)
+            if ans.kind == "cont" and not self._arm_process(caller, owner):
+                return ERR(errno.EPERM)
+            return ans
+        ans = self._group_all_in_pea(caller, -owner)
+        if ans.kind == "cont" and not self._arm_group(caller, -owner):
+            return ERR(errno.EPERM)
+        return ans
+
+    def _do_prctl(self, fd, note):
+        # Only PR_SET_PDEATHSIG reaches us (the filter): noted, then done by
+        # the kernel for the caller itself.
+        if note.arg_int(0) != PR_SET_PDEATHSIG:
+            return ERR(errno.EPERM)
+        caller = self._caller(note)
+        if note.arg_int(1) != 0 and not self._arm_process(caller, caller.vtgid):
+            return ERR(errno.EPERM)
+        return CONT
+
+    # --------------------------- signals armed before a pea transition
+    # F_SETOWN (SIGIO/SIGURG to an owner, checked by the kernel at send time
+    # against uids only) and PR_SET_PDEATHSIG survive an exec. After a
+    # transition they would let the old pea signal the new program at a
+    # moment of its choosing. A process that is, or whose group is, such a
+    # target may not change pea: PeaFS asks ``transition_guard`` at the exec
+    # open and again at the commit. The marks last as long as the process
+    # (group ids are kept, bounded): over-refusing is the safe side.
+    ARM_LIMIT = 4096
+
+    def _arm_process(self, caller, vpid: int) -> bool:
+        t = self.procs.resolve(caller, vpid) if vpid != caller.vtgid else None
+        host = caller.tgid if t is None else t.info.tgid
+        if t is not None:
+            t.close()
+        if host in self._armed:
+            return True
+        if len(self._armed) >= self.ARM_LIMIT:
+            for tgid, pfd in list(self._armed.items()):
+                if _exited(pfd):
+                    os.close(self._armed.pop(tgid))
+            if len(self._armed) >= self.ARM_LIMIT:
+                return False
+        try:
+            self._armed[host] = os.pidfd_open(host)
+        except OSError:
+            return False
+        return True
+
+    def _arm_group(self, caller, vpgid: int) -> bool:
+        d = caller.depth
+        members = self.procs.members(caller, lambda st, nspid: procs._ints(st["NSpgid"])[d - 1] == vpgid)
+        for _host, _vpid, st in members:
+            if len(self._armed_groups) >= self.ARM_LIMIT:
+                return False
+            self._armed_groups.add(procs._ints(st["NSpgid"])[0])
+            return True
+        return False
+
+    def transition_guard(self, host_tgid: int) -> str | None:
+        """Why ``host_tgid`` may not change pea now, or None."""
+        pfd = self._armed.get(host_tgid)
+        if pfd is not None and not _exited(pfd):
+            return "a signal is armed towards it (F_SETOWN or PR_SET_PDEATHSIG)"
+        st = procs.read_status(host_tgid)
+        if st is None:
+            return "it is gone"
+        pgid = procs._ints(st.get("NSpgid", ""))
+        if pgid and pgid[0] in self._armed_groups:
+            return "its process group is a SIGIO owner (F_SETOWN)"
+        return None
 
     def _group_all_in_pea(self, caller, vpgid: int):
         """CONT if every member of process group ``vpgid`` is in the caller's pea."""

@@ -52,7 +52,10 @@ ATTACK_C = r'''
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const char *ename(int e) {
@@ -62,16 +65,35 @@ static const char *ename(int e) {
 
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: attack badargv|good PROG T_ONLY\n");
+        fprintf(stderr, "usage: attack badargv|good|sigio|sigio-other|pdeath PROG T_ONLY\n");
         return 2;
     }
+    int pipefd[2];
+    if (!strcmp(argv[1], "sigio") || !strcmp(argv[1], "sigio-other")) {
+        /* SIGKILL to this process whenever the pipe becomes readable: armed
+           in pea a, to be fired (by a process left in a) after a transition. */
+        if (pipe(pipefd) != 0) return 3;
+        if (fcntl(pipefd[0], F_SETSIG, SIGKILL) != 0) return 3;
+        if (fcntl(pipefd[0], F_SETFL, O_ASYNC) != 0) return 3;
+        if (!strcmp(argv[1], "sigio")) {
+            if (fcntl(pipefd[0], F_SETOWN, getpid()) != 0) return 4;
+        } else {   /* another process of the pea names us as the owner */
+            pid_t me = getpid(), c = fork();
+            if (c == 0) _exit(fcntl(pipefd[0], F_SETOWN, me) == 0 ? 0 : 4);
+            int st;
+            waitpid(c, &st, 0);
+            if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return 4;
+        }
+    }
+    if (!strcmp(argv[1], "pdeath") && prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return 5;
     const char *prog = argv[2], *tonly = argv[3];
     char *good_argv[] = { "tcat", (char *)tonly, NULL };
     char *empty_env[] = { NULL };
     long r;
     if (!strcmp(argv[1], "badargv"))
         r = syscall(SYS_execve, prog, (char *const *)1, NULL);
-    else if (!strcmp(argv[1], "good"))
+    else if (!strcmp(argv[1], "good") || !strcmp(argv[1], "sigio")
+             || !strcmp(argv[1], "sigio-other") || !strcmp(argv[1], "pdeath"))
         r = syscall(SYS_execve, prog, good_argv, empty_env);
     else
         return 2;
@@ -138,3 +160,21 @@ def test_committed_transition_in_a_pod(pod):
     assert (r.returncode, r.stdout) == (0, SECRET + "\n"), _why(r)
     r = pod.exec("/tbin/tshow", pea="a")
     assert (r.returncode, r.stdout.strip()) == (0, "t"), _why(r)
+
+
+@pytest.mark.parametrize("mode", ["sigio", "sigio-other", "pdeath"])
+def test_a_signal_armed_before_a_transition_never_crosses_it(pod, mode):
+    # F_SETOWN(+F_SETSIG, O_ASYNC) naming the process, by itself or by
+    # another process of its pea, or PR_SET_PDEATHSIG: the kernel keeps them
+    # across an exec, so after a transition pea a could signal the t program
+    # when it likes. Such a process may not change pea (the supervisor noted
+    # the arming): the exec is refused, the process stays in a, unread.
+    r = pod.exec("/tbin/attack", mode, "/tbin/tcat", "/data/t-only", pea="a")
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    assert SECRET not in r.stdout, _why(r)
+    assert r.returncode == 0 and lines, _why(r)
+    assert json.loads(lines[-1]) == {"exec": "EACCES", "pea": "a", "t_only": "EACCES"}, _why(r)
+    audit = [json.loads(x) for x in (pod.root.parent / (pod.root.name + ".peapod") / "audit.log")
+             .read_text().splitlines() if x.strip()]
+    assert any(e["operation"] == "exec" and e["path"] == "/tbin/tcat" and "armed" in e["rule"]
+               or "SIGIO owner" in e["rule"] for e in audit), audit[-3:]
