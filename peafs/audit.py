@@ -66,6 +66,32 @@ def read_entries(path: Path) -> list[dict]:
     return out
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with every character a terminal could act on written as an
+    escape: C0 controls but newline, DEL, C1 controls (U+0080-U+009F: CSI,
+    OSC...) and lone surrogates (bytes that were not UTF-8). Strings a pod
+    controls (paths, command lines) reach the administrator's terminal
+    only through this: an OSC 52 sequence writes the clipboard, others set
+    the title or rewrite what is on the screen."""
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if (o < 0x20 and ch != "\n") or 0x7F <= o <= 0x9F:
+            out.append(f"\\x{o:02x}")
+        elif 0xDC80 <= o <= 0xDCFF:           # surrogateescape'd byte
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif 0xD800 <= o <= 0xDFFF:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _safe_lines(data: bytes) -> bytes:
+    text = data.decode("utf-8", "surrogateescape")
+    return escape_controls(text).encode("utf-8")
+
+
 def print_log(path: Path, follow: bool, out=None) -> None:
     """Copy the audit log at ``path`` to ``out`` (stdout), whole lines only;
     with ``follow``, keep waiting for new lines (and for the file, if it
@@ -88,7 +114,7 @@ def print_log(path: Path, follow: bool, out=None) -> None:
                 pending += chunk
                 lines, _, pending = pending.rpartition(b"\n")
                 if lines:
-                    out.write(lines + b"\n")
+                    out.write(_safe_lines(lines) + b"\n")
                     out.flush()
             elif not follow:
                 return

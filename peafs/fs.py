@@ -52,6 +52,18 @@ DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
 WRITABLE_XATTR_PREFIX = b"user."
 
 
+def no_setid(mode: int, is_dir: bool = False) -> int:
+    """``mode`` without the bits that would give privilege on the host.
+
+    The daemon writes as host root, so a set-uid (or set-gid) file made by
+    a pod would be owned by a real id on disk and run with it for any host
+    user who reaches the staging directory. They are cleared, silently (as
+    the kernel clears them on a chown or a write): the pod then sees, and
+    the disk holds, the mode without them. A directory keeps S_ISGID, which
+    only makes new entries inherit its group."""
+    return mode & ~(stat.S_ISUID | (0 if is_dir else stat.S_ISGID))
+
+
 def handler(fn):
     """Run a synchronous handler; OSError -> its errno, a bug -> EIO (the
     daemon stays up: one bad request must not unmount the pod)."""
@@ -262,7 +274,8 @@ class PeaFS(pyfuse3.Operations):
         if fields.update_mode:
             if is_link:
                 raise ERR(errno.EOPNOTSUPP)
-            os.chmod(ino.proc_path(), stat.S_IMODE(attr.st_mode))
+            os.chmod(ino.proc_path(),
+                     no_setid(stat.S_IMODE(attr.st_mode), ino.fmt == stat.S_IFDIR))
         if fields.update_size:
             if fh is not None and fh in self.open_fds:
                 os.ftruncate(fh, attr.st_size)
@@ -295,7 +308,7 @@ class PeaFS(pyfuse3.Operations):
         if stat.S_IFMT(mode) in DEVICE_TYPES:
             raise ERR(errno.EPERM)  # device nodes would reach host devices
         return self._new_object(parent, sname, ctx, pea,
-                                lambda: os.mknod(sname, mode, 0, dir_fd=parent.fd))
+                                lambda: os.mknod(sname, no_setid(mode), 0, dir_fd=parent.fd))
 
     @handler
     def mkdir(self, parent_id, name, mode, ctx):
@@ -303,7 +316,7 @@ class PeaFS(pyfuse3.Operations):
         sname = self._name(name)
         pea = self.enf.check(ctx, "mkdir", "w", self._paths(parent))
         return self._new_object(parent, sname, ctx, pea,
-                                lambda: os.mkdir(sname, mode, dir_fd=parent.fd))
+                                lambda: os.mkdir(sname, no_setid(mode, True), dir_fd=parent.fd))
 
     @handler
     def symlink(self, parent_id, name, target, ctx):
@@ -483,7 +496,7 @@ class PeaFS(pyfuse3.Operations):
         vuid, vgid = self._virtual_ids(ctx, os.fstat(parent.fd))
         real = self._real_flags(flags) | os.O_NOFOLLOW
         try:
-            fd = os.open(sname, real | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd)
+            fd = os.open(sname, real | os.O_CREAT | os.O_EXCL, no_setid(mode), dir_fd=parent.fd)
             created = True
         except FileExistsError:
             if flags & os.O_EXCL:

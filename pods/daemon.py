@@ -98,10 +98,23 @@ class PodDaemon:
 
     # ---------------------------------------------------------- setup (sync)
 
+    def _needed_paths(self) -> list[str]:
+        """Host paths the daemon, PeaFS, the keeper and the taggers use."""
+        py = [sys.prefix, sys.base_prefix, sys.exec_prefix,
+              os.path.dirname(os.path.realpath(sys.executable))]
+        root = self.policy.root
+        return [*py, str(REPO), "/usr", "/etc", "/proc", "/sys", "/dev",
+                str(runtime.run_dir()), str(root), str(runtime.lasting_dir(root)),
+                *(str(m.host) for m in self.policy.mounts)]
+
     def setup_host(self) -> None:
         """Steps 1-3, before trio starts (unshare needs a single thread)."""
         ns.unshare(ns.CLONE_NEWNS)
         ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
+        # Keep only the mounts the daemon and its children use: the others
+        # would be pinned by this copy of the host's namespace until the pod
+        # stops (a host umount of them would leave them busy).
+        rootfs.detach_unneeded(self._needed_paths())
         try:
             cgroup.ensure_peas(self.name, self.policy.peas)
             limits.setup(self.name, self.policy.limits.memory, self.policy.limits.pids)

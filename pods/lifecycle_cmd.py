@@ -23,6 +23,7 @@ import time
 import tty
 from pathlib import Path
 
+from peafs.audit import escape_controls
 from pods import control, runtime
 
 EXIT_USAGE = 2
@@ -347,7 +348,10 @@ def pod_processes(name: str) -> list[dict]:
 
 
 def _table(rows: list[dict], cols: list[str]) -> None:
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    # Command lines and names come from the pod: escaped, so that a process
+    # cannot write terminal sequences to the administrator's screen.
+    cells = [[("" if r.get(c) is None else escape_controls(str(r.get(c)))) for c in cols]
+             for r in rows]
     widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
     for row in cells:

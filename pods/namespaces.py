@@ -36,6 +36,7 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
@@ -110,6 +111,26 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     rc = _libc.syscall(ctypes.c_long(_SYS_pidfd_getfd), ctypes.c_int(pidfd),
                        ctypes.c_int(targetfd), ctypes.c_uint(0))
     return _check(rc, "pidfd_getfd")
+
+
+_SYS_openat2 = 437
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def open_no_symlinks(path: str, flags: int) -> int:
+    """open(2) that fails (ELOOP) rather than follow any symlink on the way,
+    magic links included (openat2 RESOLVE_NO_SYMLINKS): for a privileged
+    process opening a path inside a pod, where pod root makes the links."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+    rc = _libc.syscall(ctypes.c_long(_SYS_openat2), ctypes.c_int(-100), _b(path),
+                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    return _check(rc, f"openat2 {path}")
 
 
 ALL_POD_NS = (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS

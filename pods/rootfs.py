@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 from pods import namespaces as ns
@@ -100,6 +101,48 @@ def place_host_mounts(root: Path, mounts) -> None:
         os.close(root_fd)
 
 
+def _mount_points() -> list[str]:
+    """Mount points of this mount namespace (octal escapes decoded)."""
+    out = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            raw = line.split()[4]
+            out.append(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw)
+                       .decode("utf-8", "surrogateescape"))
+    return out
+
+
+def _related(point: str, needed: list[str]) -> bool:
+    """Whether mount point ``point`` leads to a needed path (is it or one
+    of its ancestors) or lies under one."""
+    for n in needed:
+        if point == n or n.startswith(point.rstrip("/") + "/") or point.startswith(n + "/"):
+            return True
+    return False
+
+
+def detach_unneeded(needed: list[str]) -> int:
+    """Lazily detach, in the calling process's (private) mount namespace,
+    every mount that is not on the way to, or under, a ``needed`` path.
+
+    The pod daemon's namespace starts as a copy of the host's; each mount
+    in it pins its file system for as long as the pod runs, so a host
+    umount of another program's FUSE mount, a USB disk or another pod's
+    directory would leave it alive (busy) until the pod stops. Returns how
+    many mounts were detached."""
+    needed = [os.path.normpath(n) for n in needed if n and n != "/"]
+    count = 0
+    for point in sorted(set(_mount_points()), key=lambda p: -p.count("/")):
+        if point == "/" or _related(point, needed):
+            continue
+        try:
+            ns.umount2(point, ns.MNT_DETACH | ns.UMOUNT_NOFOLLOW)
+            count += 1
+        except OSError:
+            pass   # gone with a parent already, or not a mount any more
+    return count
+
+
 def bind_pod_root(staging: Path, mountpoint: Path) -> None:
     """Fallback pod root without PeaFS: a plain bind mount of the staging dir.
     Used only by tests of the namespace machinery; a real pod uses PeaFS."""
@@ -161,6 +204,15 @@ def mount_proc_and_dev(root_fd: int, pts_gid: int | None) -> None:
                              ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                              ("stderr", "/proc/self/fd/2")):
             os.symlink(target, link, dir_fd=dev)
+        # Read-only from now on (a bind remount: only this mount's flag;
+        # /dev/pts, /dev/shm and the device binds are mounts of their own
+        # and keep theirs). A pod shares /dev between its peas: a writable
+        # one lets pod root replace /dev/stdout, /dev/ptmx or /dev/null with
+        # a symlink of its choice and catch what another pea writes there.
+        # Pod processes cannot remount it (mount calls are refused by the
+        # seccomp filter).
+        ns.mount(None, fd_path(dev), None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY
+                 | ns.MS_NOSUID | ns.MS_NOEXEC)
     finally:
         os.close(dev)
 

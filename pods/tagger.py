@@ -14,7 +14,10 @@ on the host, fully host root and outside every pod namespace, and the
  monitor  1. setns(pidfd, PID): only our children will be in the pod's
              pid namespace, so the child gets a pod pid and pid 1 as reaper.
           2. fork.
- child    3. join the pea's cgroup (and the pod's limit cgroups) while still
+ child    2b. PR_SET_DUMPABLE 0: from step 4 to step 6 the child is host root
+             inside the pod's user namespace, where pod root could otherwise
+             ptrace it (or open /proc/PID/mem) and run code as host root.
+          3. join the pea's cgroup (and the pod's limit cgroups) while still
              host root: membership is inherited by everything CMD forks,
              and no later step runs outside the pea or the limits.
              Then vm.memfd_noexec = 2 for the pod's pid namespace (host
@@ -24,7 +27,8 @@ on the host, fully host root and outside every pod namespace, and the
              pod's root, the host's mounts are unreachable) and holds
              capabilities only in the pod's user namespace.
           5. pty (when the caller has a terminal): a new pty from the pod's
-             own devpts; the caller's terminal is never handed into the pod
+             own devpts (/dev/pts/ptmx, opened with openat2 refusing every
+             symlink); the caller's terminal is never handed into the pod
              (TIOCSTI on it would type commands into the host shell).
              setsid in any case: CMD has no controlling terminal of the host.
           6. setgroups/setresgid/setresuid to the pod user: a non-root user
@@ -104,8 +108,19 @@ def _close_all_but(keep: set[int]) -> None:
 
 def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> None:
     """Steps 3-9; never returns. Failures are written to ``report_w``."""
-    step = "cgroup"
+    step = "dumpable"
     try:
+        # 2b. Not dumpable, before anything else: from step 4 until step 6
+        # this process is host root *and* in the pod's user namespace, where
+        # pod root holds CAP_SYS_PTRACE. The kernel lets a process with that
+        # capability over our credentials' namespace ptrace us (or open
+        # /proc/PID/mem) only if we are dumpable, or if it also has the
+        # capability over our mm's namespace, the host's: non-dumpable
+        # closes the window (pod root could otherwise write code into a
+        # host-root process). The exec at step 9 makes CMD dumpable again,
+        # with its mm in the pod's namespace.
+        ns.prctl(ns.PR_SET_DUMPABLE, 0)
+        step = "cgroup"
         # 3. pea and limit cgroups (host paths, host root: before step 4).
         for procs in args.cgroup:
             with open(procs, "w") as f:
@@ -127,7 +142,10 @@ def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> Non
         step = "pty"
         os.setsid()
         if ptysock is not None:
-            master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+            # The pod's devpts instance itself, no symlink followed: /dev is
+            # read-only in a pod, and even so a pod-made link must neither
+            # redirect this privileged open nor stall it in PeaFS.
+            master = ns.open_no_symlinks("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY)
             fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
             slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR)
             if args.rows and args.cols:

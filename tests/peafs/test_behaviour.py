@@ -314,10 +314,22 @@ def fs(request, tmp_path_factory, peafs_module_mount):
     return ThroughPeaFS(m)
 
 
+# Where a rule says otherwise (and the reason): PeaFS result = the native
+# one passed through this function.
+DIFFERENCES = {
+    # Nothing a pod writes carries set-id bits to disk (SECURITY.md, "From
+    # pod to host"): chmod 4755 stores, and shows, 0755.
+    "chmod_chown": lambda out: {**out, "suid": oct(int(out["suid"], 8) & ~0o6000)},
+}
+
+
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_behaviour_matches_native(fs, reference, name):
     got = fs.run(SCENARIOS[name])
-    assert got == reference(name)
+    want = reference(name)
+    if isinstance(fs, ThroughPeaFS) and name in DIFFERENCES:
+        want = DIFFERENCES[name](want)
+    assert got == want
 
 
 def test_reference_is_meaningful(reference):
@@ -330,6 +342,7 @@ def test_reference_is_meaningful(reference):
     assert reference("links")["dir_link"] == "EPERM"
     assert reference("links")["same"] is True
     assert reference("chmod_chown")["owner"]["uid"] == 1000
+    assert reference("chmod_chown")["suid"] == "0o104755"
     assert reference("xattrs")["missing"] == "ENODATA"
     assert reference("unlinked_open_file")["read"] == "still"
     assert reference("umask_and_setgid")["inherit"][:2] == [1234, 1234]
