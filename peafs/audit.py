@@ -14,6 +14,10 @@ of concurrent writers never interleave and a reader (``peafs audit
     rule       the deciding rule ("/etc/smtpd/"), or why no rule applied
     kind       "path" | "directory" | "default" | "link" | "barrier"
     complain   true when the pea is in complain mode (the access went ahead)
+    repeated   (on a repeat of an earlier line) how many identical refusals
+               followed it within AuditLog.REPEAT_WINDOW and were not written
+    dropped    (a line of its own) how many refusals of that pea the rate
+               limit left out
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import datetime
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,29 +34,123 @@ AUDIT_NAME = "audit.log"
 
 
 class AuditLog:
+    """The audit log of one mount, bounded against a flood.
+
+    A pod that makes refused requests in a loop must not fill the host's
+    disk, nor hide other peas' refusals in noise:
+
+    - identical refusals (same process, user, pea, operation, path, missing
+      letters, rule) within REPEAT_WINDOW seconds are written once; the first line
+      is followed, when the window closes, by the same entry with
+      ``"repeated": N`` (the N not written);
+    - each pea has a budget of lines (RATE a second, BURST at once); lines
+      beyond it are counted and a ``{"dropped": N}`` line for that pea is
+      written when it may write again (or at close);
+    - at MAX_BYTES the file is renamed to ``audit.log.1`` (replacing the
+      previous one) and a new one is started.
+
+    Thread-safe (the pod daemon's supervisor thread logs through it too).
+    """
+
+    RATE = 50.0
+    BURST = 200.0
+    REPEAT_WINDOW = 10.0
+    REPEAT_KEYS = 10_000          # distinct refusals remembered at once
+    MAX_BYTES = 8 << 20
+
     def __init__(self, state_dir: Path, pod: str):
         self.path = Path(state_dir) / AUDIT_NAME
         self.pod = pod
+        self._lock = threading.Lock()
+        self._repeats: dict[tuple, list] = {}     # key -> [since, count, entry]
+        self._tokens: dict[str | None, list] = {}  # pea -> [tokens, last refill]
+        self._dropped: dict[str | None, int] = {}
+        self._open()
+
+    def _open(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self._size = os.fstat(self._fd).st_size
+        except OSError:
+            self._size = 0
 
     def refusal(self, *, pea: str | None, pid: int, uid: int | None, operation: str,
                 path: str, need: str, rule: str, kind: str, complain: bool = False) -> None:
-        entry = {
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
-            "pod": self.pod, "pea": pea, "pid": pid, "uid": uid,
-            "operation": operation, "path": path, "need": need,
-            "rule": rule, "kind": kind, "complain": complain,
-        }
+        with self._lock:
+            if self._fd < 0:
+                return
+            now = time.monotonic()
+            self._flush_repeats(now)
+            key = (pid, uid, pea, operation, path, need, rule, kind, complain)
+            seen = self._repeats.get(key)
+            if seen is not None:
+                seen[1] += 1
+                return
+            if not self._take(pea, now):
+                self._dropped[pea] = self._dropped.get(pea, 0) + 1
+                return
+            self._report_dropped(pea)
+            entry = {
+                "time": _now(), "pod": self.pod, "pea": pea, "pid": pid, "uid": uid,
+                "operation": operation, "path": path, "need": need,
+                "rule": rule, "kind": kind, "complain": complain,
+            }
+            if len(self._repeats) >= self.REPEAT_KEYS:
+                self._flush_repeats(now, everything=True)
+            self._repeats[key] = [now, 0, entry]
+            self._write(entry)
+
+    def _take(self, pea, now: float) -> bool:
+        bucket = self._tokens.setdefault(pea, [self.BURST, now])
+        bucket[0] = min(self.BURST, bucket[0] + (now - bucket[1]) * self.RATE)
+        bucket[1] = now
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
+
+    def _report_dropped(self, pea) -> None:
+        n = self._dropped.pop(pea, 0)
+        if n:
+            self._write({"time": _now(), "pod": self.pod, "pea": pea, "dropped": n,
+                         "why": "rate limit"})
+
+    def _flush_repeats(self, now: float, everything: bool = False) -> None:
+        for key, (since, count, entry) in list(self._repeats.items()):
+            if everything or now - since >= self.REPEAT_WINDOW:
+                del self._repeats[key]
+                if count:
+                    self._write({**entry, "time": _now(), "repeated": count})
+
+    def _write(self, entry: dict) -> None:
         line = json.dumps(entry, ensure_ascii=False, separators=(", ", ": ")) + "\n"
+        data = line.encode("utf-8", "surrogateescape")
         try:
-            os.write(self._fd, line.encode("utf-8", "surrogateescape"))
+            os.write(self._fd, data)
         except OSError:
-            pass  # a full disk must not turn into a denial of every request
+            return  # a full disk must not turn into a denial of every request
+        self._size += len(data)
+        if self._size >= self.MAX_BYTES:
+            try:
+                os.rename(self.path, self.path.with_name(AUDIT_NAME + ".1"))
+                os.close(self._fd)
+                self._open()
+            except OSError:
+                pass
 
     def close(self) -> None:
-        if self._fd >= 0:
+        with self._lock:
+            if self._fd < 0:
+                return
+            self._flush_repeats(0.0, everything=True)
+            for pea in list(self._dropped):
+                self._report_dropped(pea)
             os.close(self._fd)
             self._fd = -1
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 def read_entries(path: Path) -> list[dict]:

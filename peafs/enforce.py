@@ -15,6 +15,7 @@ logged to the audit log; a pea in complain mode is logged and let through.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 
 import pyfuse3
@@ -127,6 +128,13 @@ class Enforcer:
         leaves it where it was. Returns the judging Pea.
         """
         caller = self.caller(ctx, "exec", path_str(paths[0]) if paths else "")
+        watch = self.watch
+        # The pods' supervisor settles from its own thread: the pending
+        # table is the watch's, under its lock.
+        with (watch.lock if watch is not None else contextlib.nullcontext()):
+            return self._exec_open(ctx, paths, node_id, caller)
+
+    def _exec_open(self, ctx, paths, node_id, caller):
         watch = self.watch
         # Only a process with a pending attempt needs placing (rare): the
         # common exec costs nothing here.

@@ -59,6 +59,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import traceback
 from dataclasses import dataclass, field
 
@@ -179,13 +180,23 @@ class _Moved:
     kin: set = field(default_factory=set)
 
 
+def _locked(fn):
+    def wrapper(self, *args, **kw):
+        with self.lock:
+            return fn(self, *args, **kw)
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
 class ExecWatch:
     """Pending transitions of one pod and the proc connector that commits them.
 
-    All methods run on the daemon's trio thread (no locking): the FUSE
-    handlers call ``settle()`` (through the Enforcer) before they ask which
-    pea a caller is in, the supervisor does the same, and ``run()`` drains
-    the socket whenever it is readable so that it never overflows.
+    The FUSE handlers call ``settle()`` (through the Enforcer) before they
+    ask which pea a caller is in, the pods' supervisor does the same from
+    its own thread, and ``run()`` drains the socket whenever it is readable
+    so that it never overflows. One lock serialises them (re-entrant:
+    ``add`` settles first).
     """
 
     def __init__(self, pod: str, audit, fuse_dev_of):
@@ -200,6 +211,7 @@ class ExecWatch:
         self.guard = None
         self._moved: dict[int, _Moved] = {}
         self.sock = self._open_socket()
+        self.lock = threading.RLock()
 
     # -- the proc connector ------------------------------------------------
 
@@ -244,12 +256,14 @@ class ExecWatch:
                 # We no longer know where pending processes stand: fail
                 # closed for them, keep serving everyone else.
                 traceback.print_exc(file=sys.stderr)
-                self._lost_events("exec watch error")
+                with self.lock:
+                    self._lost_events("exec watch error")
 
     @property
     def busy(self) -> bool:
         return bool(self.pending)
 
+    @_locked
     def settle(self) -> None:
         """Apply every exec the kernel has committed so far."""
         if not self._drain():
@@ -292,6 +306,7 @@ class ExecWatch:
 
     # -- recording ---------------------------------------------------------
 
+    @_locked
     def begin(self, tid: int, tgid: int) -> tuple[Pending | None, str | None]:
         """At an exec open by ``tid``: the pending attempt it belongs to (or
         None) and the open's stage (None when it was not needed)."""
@@ -306,6 +321,7 @@ class ExecWatch:
         self.drop(tgid)
         return None, stage
 
+    @_locked
     def add(self, tgid: int, source: str, target: str, expected: int, path: str,
             uid: int | None) -> None:
         pidfd = os.pidfd_open(tgid)
@@ -316,11 +332,13 @@ class ExecWatch:
         self.drop(tgid)
         self.pending[tgid] = Pending(tgid, pidfd, source, target, expected, path, uid)
 
+    @_locked
     def drop(self, tgid: int) -> None:
         p = self.pending.pop(tgid, None)
         if p is not None:
             p.close()
 
+    @_locked
     def prune(self) -> None:
         """Forget attempts of processes that died (bounded table)."""
         for tgid, p in list(self.pending.items()):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 from pathlib import Path
 
 import pyfuse3
@@ -127,13 +128,42 @@ class PeaFSSession:
             self._serving = False
             self._finish()
 
+    def serve_in_thread(self, on_exit=None) -> threading.Thread:
+        """Serve from a thread of its own, with its own trio loop.
+
+        The pod daemon does this so that nothing else it does (the seccomp
+        supervisor copying a caller's memory, which may fault into this very
+        file system; subprocesses; the control socket) can make the file
+        system wait on itself. ``on_exit(exc_or_None)`` runs in that thread
+        when serving ends."""
+        def run():
+            exc = None
+            try:
+                trio.run(self.serve)
+            except BaseException as e:  # noqa: BLE001 - reported to the owner
+                exc = e
+            if on_exit is not None:
+                on_exit(exc)
+        self._thread = threading.Thread(target=run, name="peafs", daemon=True)
+        self._thread.start()
+        return self._thread
+
     def close(self) -> None:
         """Unmount. While ``serve()`` runs, this ends its loop and ``serve``
-        unmounts on its way out; otherwise it unmounts at once."""
+        unmounts on its way out; otherwise it unmounts at once. From another
+        thread than the serving one, it waits until the loop has ended."""
         if self._closed or not self._mounted:
             return
         if self._serving:
-            pyfuse3.terminate()
+            thread = getattr(self, "_thread", None)
+            if thread is not None and thread is not threading.current_thread():
+                try:
+                    trio.from_thread.run_sync(pyfuse3.terminate, trio_token=pyfuse3.trio_token)
+                except (trio.RunFinishedError, RuntimeError):
+                    pass   # the loop ended meanwhile
+                thread.join(timeout=30)
+            else:
+                pyfuse3.terminate()
         else:
             self._finish()
 

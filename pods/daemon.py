@@ -376,7 +376,21 @@ class PodDaemon:
         try:
             async with trio.open_nursery() as nursery:
                 if self.session is not None:
-                    nursery.start_soon(self.session.serve)
+                    # PeaFS serves from a thread and trio loop of its own:
+                    # nothing on this loop (the supervisor copying a
+                    # caller's memory, which may fault into PeaFS; a
+                    # subprocess; a slow client) can make the file system
+                    # wait on itself.
+                    token = trio.lowlevel.current_trio_token()
+
+                    def fs_ended(exc):
+                        if exc is not None:
+                            traceback.print_exception(exc)
+                        try:
+                            trio.from_thread.run_sync(self.stop_event.set, trio_token=token)
+                        except trio.RunFinishedError:
+                            pass
+                    self.session.serve_in_thread(fs_ended)
                 await self.start_pod()
                 self.supervisor = Supervisor(
                     self.name, self.policy,

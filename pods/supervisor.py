@@ -66,6 +66,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from collections import Counter
 
@@ -142,6 +143,7 @@ class Supervisor:
         self._callers: dict[int, procs.Caller] = {}
         self._armed: dict[int, int] = {}          # host tgid -> pidfd
         self._armed_groups: set[int] = set()      # host pgids
+        self._armed_lock = threading.Lock()       # transition_guard runs in PeaFS's thread
 
     # ------------------------------------------------------------ serving
     def add_listener(self, fd: int) -> None:
@@ -176,9 +178,10 @@ class Supervisor:
             scope.cancel()
         for fd in list(self._listeners):
             self._drop(fd)
-        for pfd in self._armed.values():
-            os.close(pfd)
-        self._armed.clear()
+        with self._armed_lock:
+            for pfd in self._armed.values():
+                os.close(pfd)
+            self._armed.clear()
 
     def _drop(self, fd: int) -> None:
         if fd in self._listeners:
@@ -446,6 +449,10 @@ class Supervisor:
         host = caller.tgid if t is None else t.info.tgid
         if t is not None:
             t.close()
+        with self._armed_lock:
+            return self._arm_host(host)
+
+    def _arm_host(self, host: int) -> bool:
         if host in self._armed:
             return True
         if len(self._armed) >= self.ARM_LIMIT:
@@ -464,23 +471,26 @@ class Supervisor:
         d = caller.depth
         members = self.procs.members(caller, lambda st, nspid: procs._ints(st["NSpgid"])[d - 1] == vpgid)
         for _host, _vpid, st in members:
-            if len(self._armed_groups) >= self.ARM_LIMIT:
-                return False
-            self._armed_groups.add(procs._ints(st["NSpgid"])[0])
+            with self._armed_lock:
+                if len(self._armed_groups) >= self.ARM_LIMIT:
+                    return False
+                self._armed_groups.add(procs._ints(st["NSpgid"])[0])
             return True
         return False
 
     def transition_guard(self, host_tgid: int) -> str | None:
-        """Why ``host_tgid`` may not change pea now, or None."""
-        pfd = self._armed.get(host_tgid)
-        if pfd is not None and not _exited(pfd):
-            return "a signal is armed towards it (F_SETOWN or PR_SET_PDEATHSIG)"
+        """Why ``host_tgid`` may not change pea now, or None (called from
+        PeaFS's thread)."""
         st = procs.read_status(host_tgid)
         if st is None:
             return "it is gone"
         pgid = procs._ints(st.get("NSpgid", ""))
-        if pgid and pgid[0] in self._armed_groups:
-            return "its process group is a SIGIO owner (F_SETOWN)"
+        with self._armed_lock:
+            pfd = self._armed.get(host_tgid)
+            if pfd is not None and not _exited(pfd):
+                return "a signal is armed towards it (F_SETOWN or PR_SET_PDEATHSIG)"
+            if pgid and pgid[0] in self._armed_groups:
+                return "its process group is a SIGIO owner (F_SETOWN)"
         return None
 
     def _group_all_in_pea(self, caller, vpgid: int):

@@ -105,3 +105,31 @@ def test_audit_follow(peafs_mount):
     finally:
         p.kill()
         p.wait(timeout=10)
+
+
+def test_an_audit_flood_is_bounded_and_every_refusal_is_accounted(peafs_mount):
+    # 20 000 identical refusals and 2 000 distinct ones, as fast as a pea can
+    # make them: a few hundred lines, and the counts add up exactly
+    # (first line + "repeated", and "dropped" for what the rate limit left out).
+    m = _mount(peafs_mount)
+    for i in range(2000):
+        (m.root / "ro" / f"g{i}").write_text("")
+        (m.root / "ro" / f"g{i}").chmod(0o666)
+    got = run_snippet(m, "strict", r'''
+n = 0
+for i in range(20000):
+    n += E(opens, "ro/f", os.O_WRONLY) == "EACCES"
+for i in range(2000):
+    n += E(opens, f"ro/g{i}", os.O_WRONLY) == "EACCES"
+out = n
+''')
+    assert got == 22000
+    m.umount()                      # closing the log writes the pending counts
+    lines = m.audit()
+    assert 0 < len(lines) < 600, len(lines)
+    assert (m.state_dir / "audit.log").stat().st_size < 200_000
+    total = sum(e["dropped"] if "dropped" in e else e.get("repeated", 1) for e in lines)
+    assert total == 22000
+    first = [e for e in lines if e.get("path") == "/ro/f"]
+    assert [e.get("repeated") for e in first] == [None, 19999], first
+    assert any("dropped" in e and e["pea"] == "strict" for e in lines)

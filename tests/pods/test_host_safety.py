@@ -255,11 +255,10 @@ def test_ps_and_audit_print_pod_controlled_strings_escaped(pods):
         stderr=subprocess.DEVNULL)
     try:
         r = None
-        for _ in range(100):
+        for _ in range(100):         # until python has exec'd the sleep
             r = pod.cli("ps", pod.name)
-            if "sleep" in r.stdout or "\\x1b" in r.stdout:
-                if "20" in r.stdout and ("\\x1b]52" in r.stdout):
-                    break
+            if "\\x1b]52;c;cHduZWQ=\\x07\\x1b[2J 20" in r.stdout:
+                break
             time.sleep(0.1)
         assert r.returncode == 0, r.stderr
         assert "\x1b" not in r.stdout and "\x07" not in r.stdout, repr(r.stdout)
