@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # Debian packages: FUSE (runtime, headers and pkg-config to build pyfuse3), a C
 # compiler, bindfs and bubblewrap (benchmark peers), iproute2 (veth pairs).
-DEBS   := fuse3 libfuse3-dev pkg-config gcc bindfs bubblewrap iproute2 procps
+DEBS   := fuse3 libfuse3-dev pkg-config gcc bindfs bubblewrap iproute2 procps strace
 
 .PHONY: all deps venv demo test unit e2e bench clean
 
