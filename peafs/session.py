@@ -50,6 +50,7 @@ class PeaFSSession:
         self.ops: PeaFS | None = None
         self.audit: AuditLog | None = None
         self.watch: execwatch.ExecWatch | None = None   # only with exec rules
+        self._thread: threading.Thread | None = None     # serve_in_thread
         self._mounted = False
         self._serving = False
         self._closed = False
@@ -155,7 +156,7 @@ class PeaFSSession:
         if self._closed or not self._mounted:
             return
         if self._serving:
-            thread = getattr(self, "_thread", None)
+            thread = self._thread
             if thread is not None and thread is not threading.current_thread():
                 try:
                     trio.from_thread.run_sync(pyfuse3.terminate, trio_token=pyfuse3.trio_token)

@@ -71,9 +71,9 @@ Refused with EPERM, and what each refusal prevents:
 - SCTP sockets (IPPROTO_SCTP, or SOCK_SEQPACKET on AF_INET/AF_INET6, whose
   default protocol is SCTP): SCTP binds and connects through setsockopt
   (bindx, connectx), past the mediated bind() and connect().
-- prctl(PR_SET_PDEATHSIG) is mediated (noted, then let through: see the
-  supervisor's "signals armed before a transition"); other prctl options
-  are allowed.
+- prctl(PR_SET_PDEATHSIG), alarm (but alarm(0)) and setitimer are mediated
+  (noted, then let through: see the supervisor's "signals armed before a
+  transition"); other prctl options are allowed.
 - fcntl(F_SETOWN_EX), ioctl(FIOSETOWN, SIOCSPGRP): set the process that
   receives SIGIO/SIGURG (a signal to another process) through a structure in
   memory; F_SETOWN (a register) is mediated instead. ioctl(TIOCSTI,
@@ -370,6 +370,17 @@ def _build(notify_ret: int) -> bytes:
         p.ret(ALLOW)
 
     block(["prctl"], prctl)
+
+    def alarm():
+        # Interval timers survive an exec too (see prctl): alarm(0) only
+        # cancels; setitimer's new value is in memory, so every call is
+        # noted (a value read there could change before the kernel reads it).
+        p.ld(_arg_lo(0))
+        p.if_then(_JMP_JEQ_K, 0, ALLOW)
+        p.ret(NOTIFY)
+
+    block(["alarm"], alarm)
+    actions[NR["setitimer"]] = NOTIFY
 
     def ioctl():
         p.ld(_arg_lo(1))

@@ -42,7 +42,7 @@ NR = {
     # calls with argument checks in the filter
     "clone": 56, "clone3": 435, "unshare": 272, "personality": 135,
     "mknod": 133, "mknodat": 259, "socket": 41, "fcntl": 72, "ioctl": 16,
-    "prctl": 157,
+    "prctl": 157, "alarm": 37, "setitimer": 38,
     # processes (mediated)
     "kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129,
     "rt_tgsigqueueinfo": 297, "pidfd_open": 434, "pidfd_send_signal": 424,

@@ -434,9 +434,19 @@ class Supervisor:
             return ERR(errno.EPERM)
         return CONT
 
+    def _do_alarm(self, fd, note):
+        # Only a non-zero alarm reaches us (the filter); setitimer always.
+        caller = self._caller(note)
+        if not self._arm_process(caller, caller.vtgid):
+            return ERR(errno.EPERM)
+        return CONT
+
+    _do_setitimer = _do_alarm
+
     # --------------------------- signals armed before a pea transition
     # F_SETOWN (SIGIO/SIGURG to an owner, checked by the kernel at send time
-    # against uids only) and PR_SET_PDEATHSIG survive an exec. After a
+    # against uids only), PR_SET_PDEATHSIG and interval timers (alarm,
+    # setitimer: SIGALRM, SIGVTALRM, SIGPROF) survive an exec. After a
     # transition they would let the old pea signal the new program at a
     # moment of its choosing. A process that is, or whose group is, such a
     # target may not change pea: PeaFS asks ``transition_guard`` at the exec
@@ -488,7 +498,7 @@ class Supervisor:
         with self._armed_lock:
             pfd = self._armed.get(host_tgid)
             if pfd is not None and not _exited(pfd):
-                return "a signal is armed towards it (F_SETOWN or PR_SET_PDEATHSIG)"
+                return "a signal is armed towards it (F_SETOWN, PR_SET_PDEATHSIG or a timer)"
             if pgid and pgid[0] in self._armed_groups:
                 return "its process group is a SIGIO owner (F_SETOWN)"
         return None

@@ -54,6 +54,7 @@ ATTACK_C = r'''
 #include <string.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/time.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -65,7 +66,7 @@ static const char *ename(int e) {
 
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: attack badargv|good|sigio|sigio-other|pdeath PROG T_ONLY\n");
+        fprintf(stderr, "usage: attack badargv|good|sigio|sigio-other|pdeath|alarm|itimer PROG T_ONLY\n");
         return 2;
     }
     int pipefd[2];
@@ -86,6 +87,11 @@ int main(int argc, char **argv) {
         }
     }
     if (!strcmp(argv[1], "pdeath") && prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return 5;
+    if (!strcmp(argv[1], "alarm")) alarm(100);   /* SIGALRM (fatal by default) later */
+    if (!strcmp(argv[1], "itimer")) {
+        struct itimerval v = { { 0, 0 }, { 100, 0 } };
+        if (setitimer(ITIMER_VIRTUAL, &v, NULL) != 0) return 6;
+    }
     const char *prog = argv[2], *tonly = argv[3];
     char *good_argv[] = { "tcat", (char *)tonly, NULL };
     char *empty_env[] = { NULL };
@@ -93,7 +99,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "badargv"))
         r = syscall(SYS_execve, prog, (char *const *)1, NULL);
     else if (!strcmp(argv[1], "good") || !strcmp(argv[1], "sigio")
-             || !strcmp(argv[1], "sigio-other") || !strcmp(argv[1], "pdeath"))
+             || !strcmp(argv[1], "sigio-other") || !strcmp(argv[1], "pdeath")
+             || !strcmp(argv[1], "alarm") || !strcmp(argv[1], "itimer"))
         r = syscall(SYS_execve, prog, good_argv, empty_env);
     else
         return 2;
@@ -162,10 +169,11 @@ def test_committed_transition_in_a_pod(pod):
     assert (r.returncode, r.stdout.strip()) == (0, "t"), _why(r)
 
 
-@pytest.mark.parametrize("mode", ["sigio", "sigio-other", "pdeath"])
+@pytest.mark.parametrize("mode", ["sigio", "sigio-other", "pdeath", "alarm", "itimer"])
 def test_a_signal_armed_before_a_transition_never_crosses_it(pod, mode):
     # F_SETOWN(+F_SETSIG, O_ASYNC) naming the process, by itself or by
-    # another process of its pea, or PR_SET_PDEATHSIG: the kernel keeps them
+    # another process of its pea, PR_SET_PDEATHSIG, or an interval timer
+    # (alarm, setitimer): the kernel keeps them
     # across an exec, so after a transition pea a could signal the t program
     # when it likes. Such a process may not change pea (the supervisor noted
     # the arming): the exec is refused, the process stays in a, unread.
