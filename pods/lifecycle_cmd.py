@@ -375,22 +375,46 @@ def cmd_ps(args) -> int:
     return 0
 
 
+def death_reason(name: str) -> str:
+    """Why the daemon of ``name`` is gone, as far as its log tells: its last
+    line (a traceback ends with the exception), or that it said nothing (a
+    SIGKILL, the OOM killer). The log stays until `pod stop` clears the pod."""
+    log = runtime.pod_dir(name) / "daemon.log"
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        lines = []
+    last = next((ln for ln in reversed(lines) if ln), "")
+    if last:
+        return f"the daemon died; its log ends: {last} ({log})"
+    return f"the daemon died without a word (killed?); see {log}"
+
+
 def cmd_list(args) -> int:
     rows = []
     for name in runtime.pod_names():
         st = runtime.read_state(name) or {}
         alive = runtime.is_alive(name)
-        rows.append({
+        row = {
             "name": name,
-            "state": (st.get("state", "starting") if alive else "dead"),
+            # A pod whose daemon is gone without `pod stop` has failed: its
+            # processes died with the daemon (SECURITY.md, "Lifecycle").
+            "state": (st.get("state", "starting") if alive else "failed"),
             "peas": st.get("peas", []),
             "processes": len(pod_processes(name)) if alive else 0,
-        })
+        }
+        if not alive:
+            row["reason"] = death_reason(name)
+        rows.append(row)
     if args.json:
         print(json.dumps(rows))
     else:
-        _table([dict(r, peas=",".join(r["peas"])) for r in rows],
-               ["name", "state", "peas", "processes"])
+        cols = ["name", "state", "peas", "processes"]
+        if any("reason" in r for r in rows):
+            cols.append("reason")
+        _table([dict(r, peas=",".join(r["peas"])) for r in rows], cols)
     return 0
 
 

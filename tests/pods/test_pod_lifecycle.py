@@ -105,10 +105,14 @@ def test_killed_daemon_takes_its_pod_down(pod_factory):
         time.sleep(0.05)
     assert _host_pids_alive(pids) == []
     assert p.wait(timeout=30) != 0
-    # The dead pod shows as such, and `pod stop` clears what it left.
+    # The pod shows as failed, with the reason (SIGKILL: the daemon said
+    # nothing), and `pod stop` clears what it left.
     rows = json.loads(pod.cli("list", "--json").stdout)
-    assert {"name": pod.name, "state": "dead"}.items() <= \
-        [r for r in rows if r["name"] == pod.name][0].items()
+    row = [r for r in rows if r["name"] == pod.name][0]
+    assert {"name": pod.name, "state": "failed", "processes": 0}.items() <= row.items()
+    assert row["reason"].startswith("the daemon died"), row
+    r = pod.cli("list")
+    assert "failed" in r.stdout and "REASON" in r.stdout, r.stdout
     assert pod.stop().returncode == 0
     _nothing_left(pod)
 
