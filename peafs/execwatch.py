@@ -148,7 +148,7 @@ def unsecure_names(pid: int) -> list[str] | None:
     return out
 
 
-def _exited(pidfd: int) -> bool:
+def process_exited(pidfd: int) -> bool:
     """A pidfd polls readable once its process has exited (poll, not
     select: the daemon's descriptors go far beyond FD_SETSIZE)."""
     p = select.poll()
@@ -342,7 +342,7 @@ class ExecWatch:
     def prune(self) -> None:
         """Forget attempts of processes that died (bounded table)."""
         for tgid, p in list(self.pending.items()):
-            if _exited(p.pidfd):
+            if process_exited(p.pidfd):
                 self.drop(tgid)
 
     # -- committing --------------------------------------------------------
@@ -354,7 +354,7 @@ class ExecWatch:
 
     def _commit(self, p: Pending) -> bool:
         try:
-            if _exited(p.pidfd):
+            if process_exited(p.pidfd):
                 return False                         # gone (its pid may be reused)
             try:
                 ino, dev = syscalls.statx_ino_dev(f"/proc/{p.tgid}/exe")

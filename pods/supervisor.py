@@ -72,6 +72,7 @@ from collections import Counter
 
 import trio
 
+from peafs.execwatch import process_exited
 from pods import notify
 from pods import seccomp_procs as procs
 from pods.seccomp_syscalls import (
@@ -112,12 +113,6 @@ def VAL(v: int) -> _Answer:
 
 def FD(fd: int) -> _Answer:
     return _Answer("fd", fd)
-
-
-def _exited(pidfd: int) -> bool:
-    p = select.poll()
-    p.register(pidfd, select.POLLIN)
-    return bool(p.poll(0))
 
 
 class Supervisor:
@@ -467,7 +462,7 @@ class Supervisor:
             return True
         if len(self._armed) >= self.ARM_LIMIT:
             for tgid, pfd in list(self._armed.items()):
-                if _exited(pfd):
+                if process_exited(pfd):
                     os.close(self._armed.pop(tgid))
             if len(self._armed) >= self.ARM_LIMIT:
                 return False
@@ -497,7 +492,7 @@ class Supervisor:
         pgid = procs._ints(st.get("NSpgid", ""))
         with self._armed_lock:
             pfd = self._armed.get(host_tgid)
-            if pfd is not None and not _exited(pfd):
+            if pfd is not None and not process_exited(pfd):
                 return "a signal is armed towards it (F_SETOWN, PR_SET_PDEATHSIG or a timer)"
             if pgid and pgid[0] in self._armed_groups:
                 return "its process group is a SIGIO owner (F_SETOWN)"

@@ -130,6 +130,9 @@ out = n
     assert (m.state_dir / "audit.log").stat().st_size < 200_000
     total = sum(e["dropped"] if "dropped" in e else e.get("repeated", 1) for e in lines)
     assert total == 22000
+    # The 20 000 identical ones: a first line and a "repeated" count per
+    # 10 s window (how many windows the flood spans depends on the machine).
     first = [e for e in lines if e.get("path") == "/ro/f"]
-    assert [e.get("repeated") for e in first] == [None, 19999], first
+    assert first[0].get("repeated") is None and any(e.get("repeated") for e in first), first
+    assert len(first) <= 20, first
     assert any("dropped" in e and e["pea"] == "strict" for e in lines)
