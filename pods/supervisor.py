@@ -458,8 +458,13 @@ class Supervisor:
             return self._arm_host(host)
 
     def _arm_host(self, host: int) -> bool:
-        if host in self._armed:
-            return True
+        old = self._armed.get(host)
+        if old is not None:
+            if not process_exited(old):
+                return True
+            # The noted process died and its pid names another one now:
+            # note the new one (pinned by its own pidfd).
+            os.close(self._armed.pop(host))
         if len(self._armed) >= self.ARM_LIMIT:
             for tgid, pfd in list(self._armed.items()):
                 if process_exited(pfd):

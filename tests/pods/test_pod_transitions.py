@@ -186,3 +186,40 @@ def test_a_signal_armed_before_a_transition_never_crosses_it(pod, mode):
              .read_text().splitlines() if x.strip()]
     assert any(e["operation"] == "exec" and e["path"] == "/tbin/tcat" and "armed" in e["rule"]
                or "SIGIO owner" in e["rule"] for e in audit), audit[-3:]
+
+
+def test_an_armed_mark_follows_the_process_not_its_reused_pid():
+    # The supervisor keys its notes by host pid, each pinned by a pidfd. A
+    # process that armed a signal and died leaves a note whose pidfd is dead;
+    # when its pid comes back as another process that arms a signal too,
+    # that process must be noted, not taken for the dead one (whose stale
+    # note no longer counts): else it could change pea with its timer armed.
+    from pods.supervisor import Supervisor
+    sup = Supervisor("t-armed-reuse", None)
+    first = subprocess.Popen(["sleep", "30"])
+    pid = first.pid
+    second = None
+    try:
+        assert sup._arm_host(pid)
+        assert "armed" in sup.transition_guard(pid)
+        first.kill()
+        first.wait()
+        assert "armed" not in (sup.transition_guard(pid) or "")   # the dead one's note is void
+        for _ in range(20):                            # bounded: give the pid back
+            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                f.write(str(pid - 1))
+            second = subprocess.Popen(["sleep", "30"])
+            if second.pid == pid:
+                break
+            second.kill()
+            second.wait()
+            second = None
+        assert second is not None, f"pid {pid} was not handed out again"
+        assert sup._arm_host(pid)                      # the new process arms a timer
+        assert "armed" in (sup.transition_guard(pid) or ""), "the reused pid's note was lost"
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+        sup.close()
