@@ -19,6 +19,8 @@ import errno
 import os
 from pathlib import Path
 
+from . import mountinfo
+
 PREFIX = "peapod"
 
 
@@ -35,12 +37,10 @@ def cgroup2_root() -> Path:
     if _root_cache is not None:
         return _root_cache
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    _root_cache = Path(left.split()[4])
-                    return _root_cache
+        for m in mountinfo.mounts():
+            if m.fstype == "cgroup2":
+                _root_cache = Path(m.point)
+                return _root_cache
     except OSError as e:
         raise CgroupError(f"cannot read /proc/self/mountinfo: {e}") from e
     raise CgroupError(

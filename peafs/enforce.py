@@ -32,13 +32,9 @@ def path_str(parts: tuple[str, ...]) -> str:
 def tgid_of(tid: int) -> int | None:
     """The process (thread group) a thread id belongs to."""
     try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
+        return int(execwatch.process_status(tid)[b"Tgid"])
+    except (KeyError, ValueError):
         return None
-    return None
 
 
 class Enforcer:

@@ -53,6 +53,7 @@ the variable).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import select
 import signal
@@ -181,11 +182,10 @@ class _Moved:
 
 
 def _locked(fn):
+    @functools.wraps(fn)
     def wrapper(self, *args, **kw):
         with self.lock:
             return fn(self, *args, **kw)
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
     return wrapper
 
 
@@ -324,11 +324,11 @@ class ExecWatch:
     @_locked
     def add(self, tgid: int, source: str, target: str, expected: int, path: str,
             uid: int | None) -> None:
-        pidfd = os.pidfd_open(tgid)
         # Events already queued are older than this attempt (the process's
         # own previous exec among them): apply them first, or the previous
         # exec would be taken for this one's commit.
         self.settle()
+        pidfd = os.pidfd_open(tgid)
         self.drop(tgid)
         self.pending[tgid] = Pending(tgid, pidfd, source, target, expected, path, uid)
 

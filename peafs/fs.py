@@ -443,8 +443,7 @@ class PeaFS(pyfuse3.Operations):
 
     @staticmethod
     def _need_for(flags: int) -> str:
-        if flags & FMODE_EXEC:
-            return "x"
+        """Letters an open (not an exec: Enforcer.exec_open) needs."""
         acc = flags & os.O_ACCMODE
         need = ""
         if acc in (os.O_RDONLY, os.O_RDWR):

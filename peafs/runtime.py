@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from . import mountinfo
+
 MOUNT_FILE = "mount.json"
 
 
@@ -58,26 +60,9 @@ def find_state(mountpoint) -> tuple[Path, dict] | None:
     return None
 
 
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def is_mounted(mountpoint) -> bool:
     want = canonical(mountpoint)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            if _unescape(line.split()[4]) == want:
-                return True
-    return False
+    return any(m.point == want for m in mountinfo.mounts())
 
 
 def daemon_alive(pid: int) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import cgroup, execwatch
+from . import cgroup, execwatch, mountinfo
 from .audit import AuditLog
 from .enforce import Enforcer
 from .fs import PeaFS
@@ -99,19 +99,14 @@ class PeaFSSession:
             self.watch.guard = guard
 
     def _fuse_dev(self) -> int:
-        """The device number of our mount, from /proc/self/mountinfo (a stat
-        of the mount point would be a request to ourselves)."""
+        """The device number of our mount (a stat of the mount point would
+        be a request to ourselves)."""
         want = os.path.realpath(self.mountpoint)
-        dev = None
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if fields[4] == want and line.split(" - ")[1].startswith("fuse"):
-                    major, minor = fields[2].split(":")
-                    dev = os.makedev(int(major), int(minor))
-        if dev is None:
+        devs = [m.dev for m in mountinfo.mounts()
+                if m.point == want and m.fstype.startswith("fuse")]
+        if not devs:
             raise RuntimeError(f"{want} is not in /proc/self/mountinfo")
-        return dev
+        return devs[-1]
 
     async def serve(self) -> None:
         if not self._mounted:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import shutil
 import signal
 import socket
@@ -46,6 +45,7 @@ import trio
 
 import rules
 from peafs import cgroup
+from peafs.execwatch import process_exited
 from pods import control, limits, netns, rootfs, runtime
 from pods import namespaces as ns
 
@@ -465,7 +465,7 @@ class PodDaemon:
             # which used to cancel the nursery, PeaFS with it, before the
             # pod's processes could finish their shutdown).
             with trio.move_on_after(self.stop_timeout):
-                while not _readable_now(self.init_pidfd):
+                while not process_exited(self.init_pidfd):
                     await trio.sleep(0.02)
         limits.kill_all(self.name)
         if self.keeper is not None:
@@ -521,13 +521,6 @@ def cleanup_leftovers(name: str) -> list[str]:
             pass
     shutil.rmtree(d, ignore_errors=True)
     return problems
-
-
-def _readable_now(fd: int) -> bool:
-    """A pidfd is readable once its process has exited."""
-    p = select.poll()
-    p.register(fd, select.POLLIN)
-    return bool(p.poll(0))
 
 
 def _leaf(e: BaseException) -> BaseException:

@@ -23,7 +23,7 @@ import errno
 import os
 from pathlib import Path
 
-from peafs import cgroup
+from peafs import cgroup, mountinfo
 
 PREFIX = "peapod"
 CONTROLLERS = ("memory", "pids")
@@ -36,14 +36,11 @@ class LimitError(RuntimeError):
 def _v1_mounts() -> dict[str, Path]:
     """controller name -> mount point of its v1 hierarchy."""
     out: dict[str, Path] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = right.split()
-            if len(fields) >= 3 and fields[0] == "cgroup":
-                for opt in fields[2].split(","):
-                    if opt in CONTROLLERS:
-                        out[opt] = Path(left.split()[4])
+    for m in mountinfo.mounts():
+        if m.fstype == "cgroup":
+            for opt in m.super_options.split(","):
+                if opt in CONTROLLERS:
+                    out[opt] = Path(m.point)
     return out
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 from pathlib import Path
 
+from peafs import mountinfo
 from pods import namespaces as ns
 
 _WALK = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
@@ -101,17 +101,6 @@ def place_host_mounts(root: Path, mounts) -> None:
         os.close(root_fd)
 
 
-def _mount_points() -> list[str]:
-    """Mount points of this mount namespace (octal escapes decoded)."""
-    out = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            raw = line.split()[4]
-            out.append(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw)
-                       .decode("utf-8", "surrogateescape"))
-    return out
-
-
 def _related(point: str, needed: list[str]) -> bool:
     """Whether mount point ``point`` leads to a needed path (is it or one
     of its ancestors) or lies under one."""
@@ -132,7 +121,7 @@ def detach_unneeded(needed: list[str]) -> int:
     many mounts were detached."""
     needed = [os.path.normpath(n) for n in needed if n and n != "/"]
     count = 0
-    for point in sorted(set(_mount_points()), key=lambda p: -p.count("/")):
+    for point in sorted({m.point for m in mountinfo.mounts()}, key=lambda p: -p.count("/")):
         if point == "/" or _related(point, needed):
             continue
         try:

@@ -306,9 +306,16 @@ class Supervisor:
             return None
 
     # ------------------------------------------------- one target by pid
-    def _same_pea_target(self, fd, note, caller, vpid: int, *, thread=False, vtgid=None):
+    def _same_pea_target(self, fd, note, caller, vpid: int, *, thread=False, vtgid=None,
+                         settled=False):
         """CONT if ``vpid`` (a pid or, with thread, a tid) is the caller's own
-        thread group or a live process of its pea; EPERM across peas."""
+        thread group or a live process of its pea; EPERM across peas.
+
+        With ``settled``, also EPERM for a target inside an exec whose pea
+        transition has not committed (ptrace, process_vm_writev): until the
+        commit it is in its old pea, but whoever writes its memory or
+        registers then would run code in the target pea after it, as the
+        kernel refuses a traced set-id exec its privilege."""
         if vpid <= 0:
             return ERR(errno.ESRCH)
         if not thread and vpid == caller.vtgid:
@@ -326,49 +333,29 @@ class Supervisor:
                 return CONT
             if caller.pea is None or t.pea != caller.pea:
                 return ERR(errno.EPERM)
+            if settled and self._pending(t.info.tgid):
+                return ERR(errno.EPERM)
             if not t.alive():
                 return ERR(errno.ESRCH)
             return CONT
         finally:
             t.close()
 
-    def _pid_arg(self, fd, note, i=0):
+    def _pid_arg(self, fd, note, i=0, settled=False):
         caller = self._caller(note)
-        return self._same_pea_target(fd, note, caller, note.arg_int(i))
-
-    def _mid_transition(self, note, i) -> bool:
-        """Whether the process named by argument ``i`` is inside an exec
-        whose transition has not committed. Until the commit it is in its
-        old pea, but whoever writes its memory or registers then would be
-        running code in the target pea after it: refused, as the kernel
-        refuses a traced set-id exec its privilege."""
-        caller = self._caller(note)
-        vpid = note.arg_int(i)
-        if vpid <= 0 or vpid == caller.vtgid:
-            return False
-        t = self.procs.resolve(caller, vpid)
-        if t is None:
-            return False
-        try:
-            return self._pending(t.info.tgid)
-        finally:
-            t.close()
+        return self._same_pea_target(fd, note, caller, note.arg_int(i), settled=settled)
 
     def _do_ptrace(self, fd, note):
         if note.args[0] == PTRACE_TRACEME:
             return CONT   # names no target: the parent becomes the tracer, and
             #               every later request of that parent is mediated here
-        if self._mid_transition(note, 1):
-            return ERR(errno.EPERM)
-        return self._pid_arg(fd, note, 1)
+        return self._pid_arg(fd, note, 1, settled=True)
 
     def _do_process_vm_readv(self, fd, note):
         return self._pid_arg(fd, note, 0)
 
     def _do_process_vm_writev(self, fd, note):
-        if self._mid_transition(note, 0):
-            return ERR(errno.EPERM)
-        return self._pid_arg(fd, note, 0)
+        return self._pid_arg(fd, note, 0, settled=True)
 
     _do_prlimit64 = _do_process_vm_readv
     _do_sched_setaffinity = _do_process_vm_readv
