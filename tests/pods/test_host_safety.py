@@ -163,13 +163,18 @@ def test_pod_exec_child_is_never_host_root_and_reachable_from_the_pod(pods, tty)
 
 # -- nothing a pod writes carries privilege to the host ------------------------
 
-SETID = r'''
-import errno, json, os, stat
+# The prelude of the snippets below: E(fn, *args) -> "OK" or the errno name.
+ATTEMPT = r'''
+import errno, json, os
 def E(fn, *a):
     try:
         fn(*a); return "OK"
     except OSError as e:
         return errno.errorcode[e.errno]
+'''
+
+SETID = ATTEMPT + r'''
+import stat
 os.chdir("/srv")
 open("f", "w").close()
 os.chmod("f", 0o4755)
@@ -203,13 +208,7 @@ def test_set_id_bits_and_capabilities_never_reach_the_disk(pods):
 
 # -- /dev is read-only but for /dev/pts and /dev/shm ----------------------------
 
-DEV = r'''
-import errno, json, os
-def E(fn, *a):
-    try:
-        fn(*a); return "OK"
-    except OSError as e:
-        return errno.errorcode[e.errno]
+DEV = ATTEMPT + r'''
 res = {
     "replace_stdout": E(lambda: (os.unlink("/dev/stdout"), os.symlink("/tmp/x", "/dev/stdout"))),
     "new_link": E(os.symlink, "/tmp/x", "/dev/evil"),
