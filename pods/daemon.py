@@ -31,6 +31,7 @@ from this thread would deadlock).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import signal
@@ -46,7 +47,7 @@ import trio
 import rules
 from peafs import cgroup
 from peafs.execwatch import process_exited
-from pods import control, limits, netns, rootfs, runtime
+from pods import control, limits, netbpf, netns, rootfs, runtime
 from pods import namespaces as ns
 
 # No fallback: a pod never runs without its supervisor (fail closed).
@@ -77,6 +78,14 @@ def _mapped(ranges, ident: int) -> bool:
     return any(r.inside <= ident < r.inside + r.count for r in ranges)
 
 
+def _inside(ranges, host_id: int) -> int | None:
+    """The pod's id for host id ``host_id`` (None if the pod does not map it)."""
+    for r in ranges:
+        if r.outside <= host_id < r.outside + r.count:
+            return host_id - r.outside + r.inside
+    return None
+
+
 class PodDaemon:
     def __init__(self, policy, *, bind_root: bool = False, stop_timeout: float = 5.0):
         self.policy = policy
@@ -90,6 +99,10 @@ class PodDaemon:
         self.keeper: subprocess.Popen | None = None
         self.init_pid: int | None = None
         self.init_pidfd: int | None = None
+        self.ipc_ns: dict[str, int] = {}          # pea -> fd of its IPC namespace
+        self.net_queue: int | None = None          # BPF queue of network refusals
+        self.pea_order: list[str] = []             # pea index in those records -> name
+        self._ipc_lock = trio.Lock()
         self.veth: str | None = None
         self.stop_event: trio.Event | None = None
         self.active_execs = 0
@@ -182,9 +195,16 @@ class PodDaemon:
             cgroup.join(pid, self.name, self.policy.default_pea)
             if self.policy.net is not None:
                 try:
-                    self.veth = netns.add_veth(self.name, pid, self.policy.net)
+                    # ip(8) in a thread: PeaFS and the supervisor keep their loops.
+                    self.veth = await trio.to_thread.run_sync(
+                        netns.add_veth, self.name, pid, self.policy.net)
                 except OSError as e:
                     raise StartError(f"network: {e}") from e
+            # The peas' network rules, in the kernel, before any pod program runs.
+            try:
+                await trio.to_thread.run_sync(self._attach_net_rules)
+            except OSError as e:
+                raise StartError(f"network rules (cgroup socket-address BPF): {e}") from e
             await sock.send(b"go")
             got_init = got_ready = False
             while not (got_init and got_ready):
@@ -201,6 +221,48 @@ class PodDaemon:
         # pid reuse guard: the pidfd must name pid 1 of the keeper's pid namespace.
         if _ns_pid(self.init_pid) != 1 or _ppid(self.init_pid) != pid:
             raise StartError("pod setup: pid 1 vanished")
+
+    def _attach_net_rules(self) -> None:
+        """Each pea's bind/connect rules, and the host's addresses refused
+        unless [pod.net] host = true, as BPF programs on its cgroup
+        (pods/netbpf.py); refusals queue up in self.net_queue."""
+        net = self.policy.net
+        hosts = netns.host_addresses() if net is not None and not net.host else []
+        self.net_queue = netbpf.create_queue()
+        self.pea_order = list(self.policy.peas)
+        for i, name in enumerate(self.pea_order):
+            pea = self.policy.peas[name]
+            netbpf.attach_pea(str(cgroup.pea_cgroup(self.name, name)),
+                              netbpf.PeaNet(i, pea.connect, pea.bind, pea.complain),
+                              hosts, self.net_queue)
+
+    def _log_net_refusals(self) -> None:
+        """Move the kernel's refusal records into the audit log."""
+        if self.net_queue is None:
+            return
+        audit = self.session.audit if self.session is not None else None
+        for r in netbpf.drain(self.net_queue):
+            if audit is None or r.pea_index >= len(self.pea_order):
+                continue
+            name = self.pea_order[r.pea_index]
+            if r.op == "bind":
+                rule = "bind"
+            elif self.policy.peas[name].connect:
+                rule = "[pod.net] host = false"
+            else:
+                rule = "connect = false"
+            audit.refusal(pea=name, pid=r.tgid, uid=_inside(self.policy.uid_map, r.uid),
+                          operation=r.op, path=r.address, need="", rule=rule, kind="net",
+                          complain=r.complain)
+
+    async def _net_audit(self) -> None:
+        # A BPF queue map cannot be polled: drain it a few times a second.
+        try:
+            while True:
+                await trio.sleep(0.2)
+                self._log_net_refusals()
+        finally:
+            self._log_net_refusals()
 
     async def _expect(self, sock) -> str:
         data = await sock.recv(4096)
@@ -222,13 +284,50 @@ class PodDaemon:
         gid = uid if _mapped(self.policy.gid_map, uid) else self.policy.gid_map[0].inside
         return pea, uid, gid
 
+    def _new_ipc_ns(self) -> int:
+        """A new IPC namespace owned by the pod's user namespace (pods/peaipc.py)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with mine:
+            try:
+                proc = subprocess.Popen(
+                    [*CHILD_PYTHON, "-m", "pods.peaipc", "--sock", str(theirs.fileno()),
+                     "--pidfd", str(self.init_pidfd)],
+                    pass_fds=[theirs.fileno(), self.init_pidfd], env=child_env(),
+                    stdin=subprocess.DEVNULL, cwd="/")
+            finally:
+                theirs.close()
+            mine.settimeout(30)
+            try:
+                msg, fds = control.recv_msg(mine)
+            finally:
+                proc.wait(timeout=30)
+        if not msg or not msg.get("ok") or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(errno.EIO, (msg or {}).get("error", "IPC namespace: the helper died"))
+        return fds[0]
+
+    async def pea_ipc_ns(self, pea: str) -> int:
+        """The fd of ``pea``'s IPC namespace, made on its first use."""
+        async with self._ipc_lock:
+            fd = self.ipc_ns.get(pea)
+            if fd is None:
+                fd = await trio.to_thread.run_sync(self._new_ipc_ns)
+                self.ipc_ns[pea] = fd
+            return fd
+
     async def run_tagger(self, argv, pea, uid, gid, stdio, *, tty=False, winsize=None,
                          term="", client=None) -> dict:
         """Spawn a tagger for argv, relay its messages; return the final one
         ({"exit": ...} or {"error": ...})."""
+        try:
+            ipc = await self.pea_ipc_ns(pea)
+        except OSError as e:
+            return {"error": f"pea {pea}: {e.strerror or e}", "status": 126}
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cmd = [*CHILD_PYTHON, "-m", "pods.tagger", "--pidfd", str(self.init_pidfd),
-               "--ctl", str(theirs.fileno()), "--uid", str(uid), "--gid", str(gid)]
+               "--ctl", str(theirs.fileno()), "--uid", str(uid), "--gid", str(gid),
+               "--ipcns", str(ipc)]
         for f in self.cgroup_files[pea]:
             cmd += ["--cgroup", f]
         if self.supervisor is not None:
@@ -240,7 +339,7 @@ class PodDaemon:
         cmd += ["--", *argv]
         try:
             proc = subprocess.Popen(cmd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
-                                    pass_fds=[self.init_pidfd, theirs.fileno()],
+                                    pass_fds=[self.init_pidfd, theirs.fileno(), ipc],
                                     env=child_env(), cwd="/")
         finally:
             theirs.close()
@@ -396,6 +495,7 @@ class PodDaemon:
                     self.name, self.policy,
                     settle=self.session.settle if self.session else None,
                     pending=self.session.pending_transition if self.session else None)
+                self.supervisor.procs.init_tgid = self.init_pid
                 if self.session is not None:
                     self.session.set_transition_guard(self.supervisor.transition_guard)
                 nursery.start_soon(self.supervisor.serve)
@@ -413,6 +513,7 @@ class PodDaemon:
                 _report(ready_fd, "ok")
                 ready_fd = -1
                 nursery.start_soon(self._watch_init)
+                nursery.start_soon(self._net_audit)
                 nursery.start_soon(self._watch_signals)
                 await self.stop_event.wait()
                 self.state["state"] = "stopping"
@@ -484,6 +585,12 @@ class PodDaemon:
 
     def cleanup(self) -> None:
         """Everything the pod left: mounts, cgroups, veth, runtime files."""
+        for fd in self.ipc_ns.values():
+            os.close(fd)
+        self.ipc_ns.clear()
+        if self.net_queue is not None:
+            os.close(self.net_queue)
+            self.net_queue = None
         if self.session is not None:
             try:
                 self.session.close()

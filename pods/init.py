@@ -7,8 +7,9 @@ step:
 
     keeper                                   daemon
     joins the pod's cgroups
-    unshare(user, mnt, pid, ipc, uts, net, cgroup)
-    hostname, loopback up
+    unshare(net) as host root, loopback up
+    unshare(user, mnt, pid, ipc, uts, cgroup)
+    hostname
     "unshared"                   ->          writes uid_map/gid_map (only host root
                                              may map ranges), moves it into the
                                              default pea, adds the veth
@@ -25,8 +26,9 @@ SIGKILL (PR_SET_PDEATHSIG) -> pid 1 gets SIGKILL (PR_SET_PDEATHSIG) -> the
 kernel kills every other process of the pid namespace. So no pod process
 outlives its daemon.
 
-pid 1 then only reaps orphans, forwards TERM to every pod process and keeps
-the pod alive while nothing else runs. The policy's ``init`` program is
+pid 1 then only reaps orphans, forwards TERM to every pod process when the
+daemon (and only the daemon) asks, and keeps the pod alive while nothing
+else runs. The policy's ``init`` program is
 started by the daemon through the tagger, like any ``pod exec``, so that it
 gets the same pea, user and seccomp treatment.
 """
@@ -74,8 +76,18 @@ def keeper(args) -> int:
     # namespace is rooted where we are, so pod processes see the pod's
     # cgroup as "/" and cannot name anything above it.
     _join_cgroups(args.cgroup)
+    # The network namespace first, alone, while we are still host root: a
+    # namespace belongs to the user namespace of the process that creates
+    # it, so this one belongs to the host's. Pod root then holds no
+    # capability over the pod's network (CAP_NET_ADMIN, CAP_NET_RAW,
+    # CAP_NET_BIND_SERVICE are checked against the owner): it cannot change
+    # addresses, routes or net.* sysctls, sniff with AF_PACKET or open raw
+    # sockets, which would undo the peas' network rules for the whole pod.
+    # Only the daemon (host root) configures it.
+    ns.unshare(ns.CLONE_NEWNET)
+    netns.loopback_up()
     ns.unshare(ns.CLONE_NEWUSER | ns.CLONE_NEWNS | ns.CLONE_NEWPID | ns.CLONE_NEWIPC
-               | ns.CLONE_NEWUTS | ns.CLONE_NEWNET | ns.CLONE_NEWCGROUP)
+               | ns.CLONE_NEWUTS | ns.CLONE_NEWCGROUP)
     ns.set_pdeathsig(signal.SIGKILL)  # unshare(CLONE_NEWUSER) changed our credentials
     # Slave, not private: a host unmount still reaches our copy of the host's
     # mounts during the few milliseconds before the old root is detached,
@@ -91,7 +103,6 @@ def keeper(args) -> int:
     ns.mount(args.root, args.root, None, ns.MS_BIND | ns.MS_REC)
     root_fd = os.open(args.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     ns.sethostname(args.hostname)
-    netns.loopback_up()
     _send(sync, "unshared")
     if _recv(sync).strip() != "go":
         return 1
@@ -161,8 +172,8 @@ def _others_alive() -> bool:
 
 def reap_forever() -> int:
     """pid 1's loop: reap every child (orphans are reparented to us), on
-    TERM/INT/HUP forward TERM to every process of the pod and exit once they
-    are gone. Signals are blocked and taken with sigwaitinfo: pid 1 of a pid
+    TERM/INT/HUP from outside the pod (the daemon) forward TERM to every
+    process of the pod and exit once they are gone. Signals are blocked and taken with sigwaitinfo: pid 1 of a pid
     namespace never gets a signal it has no handler for, but blocked signals
     are queued."""
     wanted = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -173,7 +184,13 @@ def reap_forever() -> int:
             info = signal.sigtimedwait(wanted, 0.05)
         else:
             info = signal.sigwaitinfo(wanted)
-        if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # Only the daemon may stop the pod. A signal sent from outside the
+        # pod's pid namespace carries si_pid 0 here (the kernel has no pid
+        # for its sender in this namespace); one from a pod process names
+        # it. The supervisor already refuses pod processes a signal to pid
+        # 1 (EPERM); this check holds even for a pea without a supervisor.
+        if (info is not None and info.si_pid == 0
+                and info.si_signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
             if not stopping:
                 stopping = True
                 try:

@@ -43,6 +43,10 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
+
+# <linux/capability.h>
+CAP_SYS_PTRACE = 19
 
 # x86_64 syscall numbers
 _SYS_pivot_root = 155

@@ -1,8 +1,10 @@
 """The pod's network: loopback only, or a veth pair to the host.
 
-The pod's network namespace is created empty by unshare (loopback down).
-``loopback_up`` runs inside it (the pod's first process has CAP_NET_ADMIN
-over its own namespace). ``add_veth`` runs in the daemon, as host root: it
+The pod's network namespace is created empty by unshare (loopback down) by
+the keeper while it is still host root (pods/init.py), so the namespace
+belongs to the host's user namespace and no pod process holds a network
+capability over it. ``loopback_up`` runs inside it then. ``add_veth`` runs
+in the daemon, as host root: it
 creates a pair whose host end stays on the host with the policy's .1 address
 and whose other end is created directly in the pod's namespace (``netns
 PID``) as eth0, so it never exists on the host under a name a pod could
@@ -13,6 +15,8 @@ deletes the pair when the pod's namespace dies.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
+import json
 import socket
 import struct
 import subprocess
@@ -42,6 +46,21 @@ def _ip(*args: str, ns_pid: int | None = None) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
     if r.returncode != 0:
         raise OSError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+
+
+def host_addresses() -> list[str]:
+    """Every address of the host's network namespace (the daemon's: it
+    shares it), loopback's excepted: a pod's 127.0.0.1 is its own."""
+    r = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=20)
+    if r.returncode != 0:
+        raise OSError(f"ip -j addr show: {r.stderr.strip()}")
+    out = set()
+    for iface in json.loads(r.stdout or "[]"):
+        for a in iface.get("addr_info", []):
+            addr = a.get("local")
+            if addr and not ipaddress.ip_address(addr).is_loopback:
+                out.add(addr)
+    return sorted(out)
 
 
 def add_veth(pod: str, ns_pid: int, net) -> str:

@@ -58,6 +58,10 @@ def walk_dir(base_fd: int, relpath: str, create: bool = False, mode: int = 0o755
         raise
 
 
+# The pod's /dev/shm, a directory of the staging tree (served by PeaFS).
+SHM_DIR = "run/shm"
+
+
 def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
@@ -69,6 +73,22 @@ def prepare_staging(root: Path, mounts) -> None:
     try:
         for rel in ["proc", "dev", *(m.path for m in mounts)]:
             os.close(walk_dir(root_fd, rel.lstrip("/"), create=True))
+        # /dev/shm is a symlink to this PeaFS directory (mount_proc_and_dev);
+        # made like the tmpfs it replaces: everyone's, sticky.
+        parent, name = os.path.split(SHM_DIR)
+        pfd = walk_dir(root_fd, parent, create=True)
+        try:
+            os.mkdir(name, 0o1777, dir_fd=pfd)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=pfd)
+            try:
+                os.fchmod(fd, 0o1777)   # whatever the umask
+            finally:
+                os.close(fd)
+        except FileExistsError:
+            pass   # the root's own: its mode and owner are the pod's business
+        finally:
+            os.close(pfd)
     finally:
         os.close(root_fd)
 
@@ -148,7 +168,15 @@ def mount_proc_and_dev(root_fd: int, pts_gid: int | None) -> None:
     """
     proc = walk_dir(root_fd, "proc")
     try:
-        ns.mount("proc", fd_path(proc), "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
+        # Read-only: a pod process may read /proc but write nothing there.
+        # Writable, /proc/PID/{mem,oom_score_adj,timerslack_ns,autogroup,
+        # clear_refs} of a same-uid process of another pea are open to it
+        # (write code into it, have it OOM-killed), and /proc/sys to pod
+        # root. The mount's flag is checked before the file's own open
+        # (EROFS); pod processes cannot remount (mount calls are refused
+        # by the seccomp filter).
+        ns.mount("proc", fd_path(proc), "proc",
+                 ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC | ns.MS_RDONLY)
     finally:
         os.close(proc)
     dev = walk_dir(root_fd, "dev")
@@ -170,8 +198,7 @@ def mount_proc_and_dev(root_fd: int, pts_gid: int | None) -> None:
                 ns.mount(f"/dev/{name}", fd_path(node), None, ns.MS_BIND)
             finally:
                 os.close(node)
-        for sub, mode in (("pts", 0o755), ("shm", 0o1777)):
-            os.mkdir(sub, mode, dir_fd=dev)
+        os.mkdir("pts", 0o755, dir_fd=dev)
         pts = walk_dir(dev, "pts")
         try:
             # newinstance: the pod's own pty numbering, invisible to the host's.
@@ -181,20 +208,19 @@ def mount_proc_and_dev(root_fd: int, pts_gid: int | None) -> None:
             ns.mount("devpts", fd_path(pts), "devpts", ns.MS_NOSUID | ns.MS_NOEXEC, opts)
         finally:
             os.close(pts)
-        shm = walk_dir(dev, "shm")
-        try:
-            # noexec: a program copied here would run without PeaFS seeing
-            # the exec (no x check, no transition).
-            ns.mount("shm", fd_path(shm), "tmpfs", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC,
-                     "mode=1777,size=64m")
-        finally:
-            os.close(shm)
-        for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"),
+        # /dev/shm (shm_open, sem_open, POSIX shared memory) is a PeaFS
+        # directory, not a tmpfs shared by every pea: its files follow the
+        # file rules of the path /run/shm/NAME like any other file (a pea
+        # reads or maps another pea's segment only if its rules say so), and
+        # a program copied there is executed only through PeaFS (x check,
+        # transitions).
+        for link, target in (("shm", "/" + SHM_DIR), ("ptmx", "pts/ptmx"),
+                             ("fd", "/proc/self/fd"),
                              ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                              ("stderr", "/proc/self/fd/2")):
             os.symlink(target, link, dir_fd=dev)
         # Read-only from now on (a bind remount: only this mount's flag;
-        # /dev/pts, /dev/shm and the device binds are mounts of their own
+        # /dev/pts and the device binds are mounts of their own
         # and keep theirs). A pod shares /dev between its peas: a writable
         # one lets pod root replace /dev/stdout, /dev/ptmx or /dev/null with
         # a symlink of its choice and catch what another pea writes there.

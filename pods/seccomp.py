@@ -70,7 +70,13 @@ Refused with EPERM, and what each refusal prevents:
   ADDR_NO_RANDOMIZE, ...).
 - SCTP sockets (IPPROTO_SCTP, or SOCK_SEQPACKET on AF_INET/AF_INET6, whose
   default protocol is SCTP): SCTP binds and connects through setsockopt
-  (bindx, connectx), past the mediated bind() and connect().
+  (bindx, connectx), a path the peas' bind and connect rules (cgroup BPF at
+  bind() and connect(), pods/netbpf.py) are not shown.
+- Socket families other than AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK
+  (socket, and socketpair but AF_UNIX) fail with EAFNOSUPPORT: the peas'
+  network rules judge IP addresses only, and a family like AF_VSOCK, AF_TIPC
+  or AF_CAN reaches past them (raw and packet sockets also need
+  CAP_NET_RAW, which no pod process has over the pod's network).
 - prctl(PR_SET_PDEATHSIG), alarm (but alarm(0)) and setitimer are mediated
   (noted, then let through: see the supervisor's "signals armed before a
   transition"); other prctl options are allowed.
@@ -84,13 +90,13 @@ Refused with EPERM, and what each refusal prevents:
   which another thread can swap after a check), and no service needs it.
 
 Mediated (SECCOMP_RET_USER_NOTIF, decided by pods/supervisor.py): every call
-that names another process by pid, process group or pidfd, and every call
-that binds or addresses a socket; see docs/SECURITY.md for the list and
-why it is complete. Calls whose pid argument is 0 (the caller itself) are
-allowed by the filter directly where the kernel reads 0 as "self":
-prlimit64, sched_set*, migrate_pages, move_pages, get_robust_list,
-setpriority(PRIO_PROCESS, 0), ioprio_set(IOPRIO_WHO_PROCESS, 0), and sendto
-without an address.
+that names another process by pid, process group or pidfd; see
+docs/SECURITY.md for the list and why it is complete. Calls whose pid
+argument is 0 (the caller itself) are allowed by the filter directly where
+the kernel reads 0 as "self": prlimit64, sched_set*, migrate_pages,
+move_pages, get_robust_list, setpriority(PRIO_PROCESS, 0),
+ioprio_set(IOPRIO_WHO_PROCESS, 0). Network calls are not mediated: bind,
+connect and sends are judged in the kernel (pods/netbpf.py).
 """
 
 from __future__ import annotations
@@ -102,7 +108,7 @@ import socket
 import struct
 
 from pods.seccomp_syscalls import (
-    AF_INET, AF_INET6, AUDIT_ARCH_X86_64, CLONE_FILES, CLONE_NEWUSER, CLONE_THREAD,
+    AF_INET, AF_INET6, AF_NETLINK, AF_UNIX, AUDIT_ARCH_X86_64, CLONE_FILES, CLONE_NEWUSER, CLONE_THREAD,
     F_SETOWN, F_SETOWN_EX, FIOSETOWN, IOPRIO_WHO_PROCESS, IPPROTO_SCTP, NR,
     PR_SET_PDEATHSIG, PRIO_PROCESS, S_IFBLK, S_IFCHR, S_IFMT, SAFE_PERSONALITIES, SIOCSPGRP,
     SOCK_SEQPACKET, TIOCLINUX, TIOCSTI, X32_SYSCALL_BIT,
@@ -144,6 +150,7 @@ def _arg_hi(i: int) -> int:
 
 
 EPERM = RET_ERRNO | errno.EPERM
+EAFNOSUPPORT = RET_ERRNO | errno.EAFNOSUPPORT
 NOTIFY = RET_USER_NOTIF
 ALLOW = RET_ALLOW
 
@@ -171,7 +178,6 @@ MEDIATED = (
     "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
     "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "ptrace",
     "process_vm_readv", "process_vm_writev", "kcmp",
-    "bind", "connect", "sendmsg", "sendmmsg",
 )
 
 # Calls sent to the supervisor unless their first argument (a pid) is 0: self.
@@ -289,17 +295,6 @@ def _build(notify_ret: int) -> bytes:
     block(["setpriority"], which_who(PRIO_PROCESS))
     block(["ioprio_set"], which_who(IOPRIO_WHO_PROCESS))
 
-    def sendto():
-        # No destination address (a pointer: both words must be 0): the
-        # socket's own peer, fixed by a mediated connect().
-        p.ld(_arg_lo(4))
-        p.unless_then(_JMP_JEQ_K, 0, NOTIFY)
-        p.ld(_arg_hi(4))
-        p.if_then(_JMP_JEQ_K, 0, ALLOW)
-        p.ret(NOTIFY)
-
-    block(["sendto"], sendto)
-
     def clone():
         p.ld(_arg_lo(0))
         p.if_then(_JMP_JSET_K, CLONE_NEWUSER, EPERM)
@@ -341,7 +336,9 @@ def _build(notify_ret: int) -> bytes:
         inet = p.label()
         p.if_then(_JMP_JEQ_K, AF_INET, inet)
         p.if_then(_JMP_JEQ_K, AF_INET6, inet)
-        p.ret(ALLOW)
+        p.if_then(_JMP_JEQ_K, AF_UNIX, ALLOW)
+        p.if_then(_JMP_JEQ_K, AF_NETLINK, ALLOW)
+        p.ret(EAFNOSUPPORT)
         p.here(inet)
         p.ld(_arg_lo(2))
         p.if_then(_JMP_JEQ_K, IPPROTO_SCTP, EPERM)
@@ -351,6 +348,13 @@ def _build(notify_ret: int) -> bytes:
         p.ret(ALLOW)
 
     block(["socket"], sock)
+
+    def sockpair():
+        p.ld(_arg_lo(0))
+        p.if_then(_JMP_JEQ_K, AF_UNIX, ALLOW)
+        p.ret(EAFNOSUPPORT)
+
+    block(["socketpair"], sockpair)
 
     def fcntl():
         p.ld(_arg_lo(1))

@@ -31,7 +31,6 @@ PIDFD_GET_PID_NAMESPACE = (0xFF << 8) | 5  # _IO(PIDFS_IOCTL_MAGIC, 5), Linux 6.
 
 CAP_KILL = 5
 SIGCONT = 18
-CAP_NET_BIND_SERVICE = 10
 CAP_SYS_PTRACE = 19
 
 
@@ -205,6 +204,7 @@ class PodProcs:
         # process's life
         self._known: dict[int, tuple[list[int], int]] = {}
         self._cache_ok = _pidfs_inodes_are_unique()
+        self.init_tgid: int | None = None   # host pid of the pod's pid 1 (the daemon sets it)
 
     def _identity(self, fd: int) -> tuple[list[int], int] | None:
         """(NSpid, pid namespace inode) of the process a pidfd pins."""
@@ -242,6 +242,16 @@ class PodProcs:
         return Caller(tid, fd, info, ident[0], ident[1], self.pea_of_cgroupid(info.cgroupid))
 
     # ---------------------------------------------------------- peas
+    def target_pea(self, info: notify.PidfdInfo) -> str | None:
+        """The pea of a target process; None (no pea: out of every caller's
+        reach) for the pod's pid 1, which acts only for the daemon. It sits
+        in the default pea's cgroup, but a signal to it from that pea would
+        make it stop the whole pod (it forwards TERM to every process), and
+        prlimit or setpriority on it would act on the pod's reaper."""
+        if self.init_tgid is not None and info.tgid == self.init_tgid:
+            return None
+        return self.pea_of_cgroupid(info.cgroupid)
+
     def pea_of_cgroupid(self, cgid: int) -> str | None:
         pea = self._pea_by_cgid.get(cgid)
         if pea is None:
@@ -291,7 +301,7 @@ class PodProcs:
                 return None
             info = notify.pidfd_info(fd)
             ok = True
-            return Target(fd, host, info, self.pea_of_cgroupid(info.cgroupid))
+            return Target(fd, host, info, self.target_pea(info))
         except OSError:
             return None
         finally:

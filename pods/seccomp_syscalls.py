@@ -41,7 +41,7 @@ NR = {
     "getpmsg": 181, "putpmsg": 182, "vhangup": 153,
     # calls with argument checks in the filter
     "clone": 56, "clone3": 435, "unshare": 272, "personality": 135,
-    "mknod": 133, "mknodat": 259, "socket": 41, "fcntl": 72, "ioctl": 16,
+    "mknod": 133, "mknodat": 259, "socket": 41, "socketpair": 53, "fcntl": 72, "ioctl": 16,
     "prctl": 157, "alarm": 37, "setitimer": 38,
     # processes (mediated)
     "kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129,
@@ -52,8 +52,6 @@ NR = {
     "sched_setscheduler": 144, "sched_setparam": 142, "sched_setattr": 314,
     "ioprio_set": 251, "migrate_pages": 256, "move_pages": 279,
     "get_robust_list": 274,
-    # network (mediated)
-    "bind": 49, "connect": 42, "sendto": 44, "sendmsg": 46, "sendmmsg": 307,
 }
 
 NAME = {v: k for k, v in NR.items()}

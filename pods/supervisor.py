@@ -40,21 +40,9 @@ the call fails with EPERM. "Own pea" is decided on pinned processes
   some were refused, else ESRCH. Receivers see si_pid 0 (the sender is
   outside their pid namespace).
 
-Network. pea.connect = true: connect, sendto, sendmsg and sendmmsg continue
-(no address can be refused, so there is nothing to check). connect = false:
-on an IPv4/IPv6 (or any non-Unix, non-netlink) socket, connect and a send
-with an address fail with EACCES; a send without an address on such a
-socket is performed by the supervisor from a copy of the message (a sibling
-thread could otherwise add an address after the check). bind on IPv4/IPv6
-is always performed by the supervisor on a copy of the address: port 0
-(ephemeral) is allowed, any other port must be in pea.bind (EACCES), and a
-port below 1024 needs CAP_NET_BIND_SERVICE as the kernel would require.
-AF_UNIX and netlink sockets continue (they are files, or the pod's own
-kernel configuration; PeaFS rules named sockets): the family is read from
-the supervisor's copy of the socket, so this is exact for single-threaded
-callers (the filter refuses shared descriptor tables between processes);
-a multi-threaded caller could swap the descriptor between the check and the
-kernel's call (see docs/SECURITY.md, "Known limits").
+Network calls are not mediated here: the peas' bind and connect rules are
+decided inside the kernel by cgroup socket-address BPF programs
+(pods/netbpf.py), on the kernel's own copy of the address.
 """
 
 from __future__ import annotations
@@ -64,8 +52,6 @@ import errno
 import logging
 import os
 import select
-import socket
-import struct
 import threading
 import time
 from collections import Counter
@@ -76,7 +62,7 @@ from peafs.execwatch import process_exited
 from pods import notify
 from pods import seccomp_procs as procs
 from pods.seccomp_syscalls import (
-    AF_INET, AF_INET6, AF_NETLINK, AF_UNIX, F_SETOWN, IOPRIO_WHO_PGRP,
+    F_SETOWN, IOPRIO_WHO_PGRP,
     IOPRIO_WHO_PROCESS, NAME, PR_SET_PDEATHSIG, PRIO_PGRP, PRIO_PROCESS, PTRACE_TRACEME,
 )
 
@@ -86,10 +72,6 @@ log = logging.getLogger("pods.supervisor")
 # would run ldconfig in a subprocess, milliseconds on every pod exec.
 _libc = ctypes.CDLL(None, use_errno=True)
 
-MAX_SOCKADDR = 128
-MAX_SEND = 1 << 20       # bytes copied per performed send (a short write beyond)
-MAX_CONTROL = 1 << 16
-UIO_MAXIOV = 1024
 SIGMAX = 64
 
 
@@ -134,7 +116,6 @@ class Supervisor:
         self._waiting: list[int] = []
         self._nursery: trio.Nursery | None = None
         self._closed = False
-        self._send_limiter = trio.CapacityLimiter(32)
         self._callers: dict[int, procs.Caller] = {}
         self._armed: dict[int, int] = {}          # host tgid -> pidfd
         self._armed_groups: set[int] = set()      # host pgids
@@ -602,7 +583,7 @@ class Supervisor:
             # not a pidfd (a /proc/PID directory is accepted by the kernel,
             # but cannot be checked here), or its process is gone
             raise OSError(errno.ESRCH if e.errno == errno.ESRCH else errno.EBADF, "not a pidfd")
-        return procs.Target(-1, info.tgid, info, self.procs.pea_of_cgroupid(info.cgroupid))
+        return procs.Target(-1, info.tgid, info, self.procs.target_pea(info))
 
     def _do_pidfd_open(self, fd, note):
         caller = self._caller(note)
@@ -665,200 +646,3 @@ class Supervisor:
         finally:
             os.close(copy)
 
-    # ------------------------------------------------------------ network
-    def _net(self, note):
-        caller = self._caller(note)
-        pea = self._pea(caller.pea)
-        return caller, pea
-
-    @staticmethod
-    def _family(sock_copy: int) -> int:
-        s = socket.socket(fileno=sock_copy)
-        try:
-            return s.family
-        finally:
-            s.detach()
-
-    def _do_bind(self, fd, note):
-        caller, pea = self._net(note)
-        if pea is None:
-            return ERR(errno.EACCES)
-        copy = self._take(note, note.arg_int(0))
-        try:
-            family = self._family(copy)
-            if family in (AF_UNIX, AF_NETLINK):
-                return CONT
-            addrlen = note.arg_uint(2)
-            if addrlen > MAX_SOCKADDR:
-                return ERR(errno.EINVAL)
-            addr = notify.read_mem(note.pid, note.args[1], addrlen)   # the one copy
-            if family in (AF_INET, AF_INET6):
-                if len(addr) >= 4:
-                    port = struct.unpack_from("!H", addr, 2)[0]
-                    if port != 0 and port not in pea.bind:
-                        return ERR(errno.EACCES)
-                    if 0 < port < 1024 and not caller.has_cap(procs.CAP_NET_BIND_SERVICE):
-                        return ERR(errno.EACCES)
-            elif not pea.connect:
-                return ERR(errno.EACCES)   # raw/packet and other networks
-            if not notify.id_valid(fd, note.id):
-                return ERR(errno.ESRCH)
-            buf = ctypes.create_string_buffer(addr, max(len(addr), 1))
-            if _libc.bind(copy, buf, ctypes.c_uint(len(addr))) != 0:
-                return ERR(ctypes.get_errno())
-            return VAL(0)
-        finally:
-            os.close(copy)
-
-    def _outgoing(self, note, fd_arg=0):
-        """(caller, pea, copy or None, answer or None) for connect/send*."""
-        caller, pea = self._net(note)
-        if pea is None:
-            return caller, pea, None, ERR(errno.EACCES)
-        if pea.connect:
-            return caller, pea, None, CONT   # any destination is allowed
-        copy = self._take(note, note.arg_int(fd_arg))
-        try:
-            family = self._family(copy)
-        except OSError:
-            os.close(copy)
-            raise
-        if family in (AF_UNIX, AF_NETLINK):
-            os.close(copy)
-            return caller, pea, None, CONT
-        return caller, pea, copy, None
-
-    def _do_connect(self, fd, note):
-        _, _, copy, ans = self._outgoing(note)
-        if copy is not None:
-            os.close(copy)
-            return ERR(errno.EACCES)
-        return ans
-
-    def _do_sendto(self, fd, note):
-        # Reached only with an address (the filter allows sendto without one).
-        _, _, copy, ans = self._outgoing(note)
-        if copy is not None:
-            os.close(copy)
-            return ERR(errno.EACCES)
-        return ans
-
-    def _read_msghdr(self, note, ptr: int):
-        raw = notify.read_mem(note.pid, ptr, 56)
-        name, namelen, iov, iovlen, control, controllen, _ = struct.unpack("<QI4xQQQQi4x", raw)
-        return name, namelen, iov, iovlen, control, controllen
-
-    def _copy_message(self, note, iov, iovlen, control, controllen):
-        if iovlen > UIO_MAXIOV:
-            raise OSError(errno.EMSGSIZE, "too many iovecs")
-        data = bytearray()
-        if iovlen:
-            vec = notify.read_mem(note.pid, iov, 16 * iovlen)
-            for i in range(iovlen):
-                base, length = struct.unpack_from("<QQ", vec, 16 * i)
-                take = min(length, MAX_SEND - len(data))
-                if take:
-                    data += notify.read_mem(note.pid, base, take)
-                if len(data) >= MAX_SEND:
-                    break
-        anc = []
-        if control and controllen:
-            raw = notify.read_mem(note.pid, control, min(controllen, MAX_CONTROL))
-            off = 0
-            while off + 16 <= len(raw):
-                clen, level, ctype = struct.unpack_from("<Qii", raw, off)
-                if clen < 16 or off + clen > len(raw):
-                    break
-                anc.append((level, ctype, bytes(raw[off + 16: off + clen])))
-                off += (clen + 7) & ~7
-        return bytes(data), anc
-
-    def _do_sendmsg(self, fd, note):
-        _, _, copy, ans = self._outgoing(note)
-        if copy is None:
-            return ans
-        try:
-            name, namelen, iov, iovlen, control, controllen = self._read_msghdr(note, note.args[1])
-            if name and namelen:
-                return ERR(errno.EACCES)
-            data, anc = self._copy_message(note, iov, iovlen, control, controllen)
-        except BaseException:
-            os.close(copy)
-            raise
-        self._nursery.start_soon(self._perform_sends, fd, note, copy, [(data, anc)], None)
-        return None
-
-    def _do_sendmmsg(self, fd, note):
-        _, _, copy, ans = self._outgoing(note)
-        if copy is None:
-            return ans
-        try:
-            vec, vlen = note.args[1], min(note.arg_uint(2), UIO_MAXIOV)
-            msgs = []
-            for i in range(vlen):
-                name, namelen, iov, iovlen, control, controllen = self._read_msghdr(note, vec + 64 * i)
-                if name and namelen:
-                    return ERR(errno.EACCES)
-                msgs.append(self._copy_message(note, iov, iovlen, control, controllen))
-        except BaseException:
-            os.close(copy)
-            raise
-        self._nursery.start_soon(self._perform_sends, fd, note, copy, msgs, vec)
-        return None
-
-    async def _perform_sends(self, fd, note, copy, msgs, mmsg_vec):
-        """Send the copied messages on the copied socket (in a worker thread:
-        a blocking socket may block) and answer with the result."""
-        flags = note.arg_int(3 if mmsg_vec is not None else 2)
-        try:
-            if not notify.id_valid(fd, note.id):
-                return
-
-            def send_all():
-                s = socket.socket(fileno=copy)
-                try:
-                    done = []
-                    for data, anc in msgs:
-                        try:
-                            done.append(s.sendmsg([data], anc, flags))
-                        except OSError as e:
-                            if not done:
-                                return done, e.errno
-                            break
-                    return done, 0
-                finally:
-                    s.detach()
-
-            async with self._send_limiter:
-                done, err = await trio.to_thread.run_sync(send_all, abandon_on_cancel=True)
-            if err:
-                notify.respond(fd, note.id, error=err)
-                return
-            if mmsg_vec is None:
-                notify.respond(fd, note.id, val=done[0])
-                return
-            for i, n in enumerate(done):   # sendmmsg reports each msg_len
-                _write_mem(note.pid, mmsg_vec + 64 * i + 56, struct.pack("<I", n))
-            notify.respond(fd, note.id, val=len(done))
-        except OSError as e:
-            try:
-                notify.respond(fd, note.id, error=e.errno or errno.EPERM)
-            except OSError:
-                pass
-        finally:
-            os.close(copy)
-
-
-class _IOVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-_libc.process_vm_writev.restype = ctypes.c_ssize_t
-
-
-def _write_mem(pid: int, addr: int, data: bytes) -> None:
-    buf = ctypes.create_string_buffer(data, len(data))
-    local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), len(data))
-    remote = _IOVec(addr, len(data))
-    if _libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) != len(data):
-        raise OSError(errno.EFAULT, "cannot write the caller's msg_len")

@@ -26,13 +26,16 @@ on the host, fully host root and outside every pod namespace, and the
              here on the child sees only the pod (its root and cwd are the
              pod's root, the host's mounts are unreachable) and holds
              capabilities only in the pod's user namespace.
+             4b. setns to the pea's IPC namespace (pods/peaipc.py).
           5. pty (when the caller has a terminal): a new pty from the pod's
              own devpts (/dev/pts/ptmx, opened with openat2 refusing every
              symlink); the caller's terminal is never handed into the pod
              (TIOCSTI on it would type commands into the host shell).
              setsid in any case: CMD has no controlling terminal of the host.
-          6. setgroups/setresgid/setresuid to the pod user: a non-root user
-             loses every capability here.
+          6. CAP_SYS_PTRACE out of the bounding set (pod root cannot reach
+             other uids' processes through /proc); setgroups/setresgid/
+             setresuid to the pod user: a non-root user loses every
+             capability here.
           7. close every fd but 0, 1, 2: nothing of the daemon's leaks;
              umask 022 (the daemon's own is 0, for PeaFS).
           8. seccomp filter (pods.seccomp), the last step: no_new_privs, the
@@ -137,6 +140,13 @@ def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> Non
         step = "setns"
         ns.setns(args.pidfd, POD_NS)
         os.close(args.pidfd)
+        # 4b. the pea's own IPC namespace (pods/peaipc.py): SysV IPC and
+        # POSIX queues of other peas are out of reach. Joining needs
+        # CAP_SYS_ADMIN over the pod's user namespace, ours since step 4.
+        if args.ipcns >= 0:
+            step = "ipc namespace"
+            ns.setns(args.ipcns, ns.CLONE_NEWIPC)
+            os.close(args.ipcns)
         os.chdir("/")
         # 5. session and terminal.
         step = "pty"
@@ -158,8 +168,16 @@ def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> Non
                 os.dup2(slave, fd)
             if slave > 2:
                 os.close(slave)
-        # 6. the pod user.
+        # 6. the pod user, without CAP_SYS_PTRACE. Pod root keeps every
+        # other capability of the pod's user namespace, but with this one it
+        # would reach into processes of other peas running under another
+        # uid: /proc/PID/mem, environ, fd/ of another pea need it or the
+        # same uid (the kernel's ptrace_may_access). Dropped from the
+        # bounding set, it is gone from CMD's sets at the exec (step 9) and
+        # from every descendant's; no pod process can get it back (nested
+        # user namespaces are refused by the filter).
         step = "user"
+        ns.prctl(ns.PR_CAPBSET_DROP, ns.CAP_SYS_PTRACE)
         os.setgroups([args.gid])
         os.setresgid(args.gid, args.gid, args.gid)
         os.setresuid(args.uid, args.uid, args.uid)
@@ -320,6 +338,8 @@ def monitor(args) -> int:
     os.close(report_w)
     os.close(go_r)
     os.close(args.pidfd)
+    if args.ipcns >= 0:
+        os.close(args.ipcns)
     if peer is not None:
         peer.close()
     child_pidfd = os.pidfd_open(child)
@@ -388,6 +408,7 @@ def main(argv=None) -> int:
     p.add_argument("--pidfd", type=int, required=True, help="pidfd of the pod's pid 1")
     p.add_argument("--ctl", type=int, required=True, help="SOCK_SEQPACKET to the daemon")
     p.add_argument("--cgroup", action="append", default=[], help="cgroup.procs file to join")
+    p.add_argument("--ipcns", type=int, default=-1, help="fd of the pea's IPC namespace")
     p.add_argument("--uid", type=int, default=0)
     p.add_argument("--gid", type=int, default=0)
     p.add_argument("--pty", action="store_true")

@@ -39,12 +39,14 @@ class Mount(NamedTuple):
 class Net(NamedTuple):
     """The pod's veth: ``address`` as written ("10.88.0.2/24"), the pod's
     ``ip``, the host side's ``host_ip`` (first host address of the network)
-    and the ``prefixlen``."""
+    and the ``prefixlen``; ``host``: whether pod processes may reach the
+    host's own addresses (the veth's host side among them)."""
 
     address: str
     ip: str
     host_ip: str
     prefixlen: int
+    host: bool = False
 
 
 class Limits(NamedTuple):

@@ -33,7 +33,7 @@ TOP_KEYS = ("pod", "pea")
 POD_KEYS = ("name", "hostname", "root", "uid_map", "gid_map", "default_pea", "init",
             "mount", "net", "limits")
 MOUNT_KEYS = ("host", "path", "rw")
-POD_NET_KEYS = ("address",)
+POD_NET_KEYS = ("address", "host")
 LIMIT_KEYS = ("memory", "pids")
 PEA_KEYS = ("complain", "files", "exec", "net")
 PEA_NET_KEYS = ("connect", "bind")
@@ -342,6 +342,7 @@ class Checker:
         if "address" not in table:
             self.bad(at, '[pod.net] has no "address" (like "10.88.0.2/24")')
             return None
+        host = self.typed(table, at, "host", bool, "a boolean")
         address = self.typed(table, at, "address", str, "a string")
         if address is None:
             return None
@@ -370,7 +371,7 @@ class Checker:
                 network.version == 4 and iface.ip == network.broadcast_address):
             self.bad(at, f"address {quote(address)} is not a host address of {network}")
             return None
-        return Net(address, str(iface.ip), str(host_ip), network.prefixlen)
+        return Net(address, str(iface.ip), str(host_ip), network.prefixlen, bool(host))
 
     def limits(self, value) -> Limits:
         at = ("pod", "limits")

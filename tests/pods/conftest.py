@@ -2,8 +2,8 @@
 
 ``pods`` (module scope) and ``pod_factory`` (function scope) are factories:
 
-    pod = pods.start(extra_pod="", peas=None, name=None, net=None, limits=None,
-                     mounts=None, check=True)
+    pod = pods.start(extra_pod="", peas=None, name=None, net=None, net_extra="",
+                     limits=None, mounts=None, check=True)
 
 - a fresh staging root under a tmp dir: etc/passwd, etc/group, tmp (1777),
   root/, the usr-merge symlinks bin, lib, lib64, sbin -> usr/...; the host's
@@ -110,7 +110,9 @@ class PodFactory:
                               input=input, **kw)
 
     def write_policy(self, *, name=None, extra_pod="", peas=None, net=None, limits_=None,
-                     mounts=None, base=None, root=None) -> tuple[Path, str, Path, int]:
+                     mounts=None, base=None, root=None,
+                     net_extra: str = "") -> tuple[Path, str, Path, int]:
+        """``net_extra``: lines added to the ``[pod.net]`` table (with ``net``)."""
         name = name or f"p{os.getpid() % 100000}{random.randrange(1 << 16):04x}"
         d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.base))
         root = root or make_staging(d)
@@ -123,7 +125,7 @@ class PodFactory:
             lines += ["[[pod.mount]]", f"host = {json.dumps(str(host))}",
                       f"path = {json.dumps(path)}"] + (["rw = true"] if rw else []) + [""]
         if net:
-            lines += ["[pod.net]", f'address = "{net}"', ""]
+            lines += ["[pod.net]", f'address = "{net}"'] + ([net_extra] if net_extra else []) + [""]
         if limits_:
             lines += ["[pod.limits]"] + [f"{k} = {json.dumps(v)}" for k, v in limits_.items()]
             lines.append("")

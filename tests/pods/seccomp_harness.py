@@ -39,6 +39,7 @@ import trio
 
 from peafs import cgroup
 from pods import notify, seccomp
+from pods import netbpf
 from pods.supervisor import Supervisor
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -467,9 +468,21 @@ def op_proc_call(name, pid, tid=None):
 
 def op_bench(kind, n, peer=0):
     """Time ``n`` calls of one kind; returns ns per call."""
+    # Refused calls are timed too: each op swallows its OSError.
     if kind == "kill_peer":
         def one():
-            os.kill(peer, 0)
+            try:
+                os.kill(peer, 0)
+            except OSError:
+                pass
+    elif kind == "connect":
+        def one():
+            s = socket.socket()
+            try:
+                s.connect(("127.0.0.1", peer))
+            except OSError:
+                pass
+            s.close()
     elif kind == "getppid":
         one = os.getppid
     elif kind == "bind_port0":
@@ -481,7 +494,10 @@ def op_bench(kind, n, peer=0):
         def one():
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", peer))
+            try:
+                s.bind(("127.0.0.1", peer))
+            except OSError:
+                pass
             s.close()
     elif kind == "socket_only":
         def one():
@@ -615,14 +631,17 @@ class Agent:
 
 
 class FakePod:
-    def __init__(self, peas: dict, name: str | None = None, filtered: bool = True):
+    def __init__(self, peas: dict, name: str | None = None, filtered: bool = True,
+                 net_rules: bool = True):
         self.filtered = filtered
+        self.net_rules = net_rules
         self.name = name or f"sctest{os.getpid()}-{random.randrange(1 << 30):x}"
         self.policy = Policy(peas)
         self.supervisor = Supervisor(self.name, self.policy)
         self.p1 = self.p2 = None
         self.listener_taken = None
         self.agents: list[Agent] = []
+        self.net_queue: int | None = None
         base = 1_000_000 + random.randrange(1000) * 65536
         self.uid_base = base
 
@@ -630,6 +649,12 @@ class FakePod:
     def start(self) -> int:
         """Fork P1/P2 and return a copy of P2's listener."""
         cgroup.ensure_peas(self.name, self.policy.peas)
+        # The peas' network rules, as the daemon attaches them (no host
+        # addresses: the stand-in pod has loopback only).
+        self.net_queue = netbpf.create_queue()
+        for i, (name, pea) in enumerate(self.policy.peas.items() if self.net_rules else ()):
+            netbpf.attach_pea(str(cgroup.pea_cgroup(self.name, name)),
+                              netbpf.PeaNet(i, pea.connect, pea.bind, False), [], self.net_queue)
         self.ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         rep_r, rep_w = os.pipe()
         go_r, go_w = os.pipe()
@@ -765,11 +790,15 @@ class FakePod:
                 break
             time.sleep(0.02)
         cgroup.remove_pod(self.name)
+        if self.net_queue is not None:
+            os.close(self.net_queue)
+            self.net_queue = None
 
 
 @contextlib.asynccontextmanager
-async def fake_pod(peas: dict, supervise: bool = True, filtered: bool = True):
-    pod = FakePod(peas, filtered=filtered)
+async def fake_pod(peas: dict, supervise: bool = True, filtered: bool = True,
+                   net_rules: bool = True):
+    pod = FakePod(peas, filtered=filtered, net_rules=net_rules)
     try:
         listener = pod.start()
         if not supervise or not filtered:

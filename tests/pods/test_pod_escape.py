@@ -100,18 +100,20 @@ print(os.readlink("/proc/self/root"))
 # the old root is gone: no host mount in the pod's table
 print(sorted({{l.split()[4] for l in open("/proc/self/mountinfo")}}) ==
       sorted(["/", "/proc", "/dev", "/dev/null", "/dev/zero", "/dev/full", "/dev/random",
-              "/dev/urandom", "/dev/tty", "/dev/pts", "/dev/shm"]))
+              "/dev/urandom", "/dev/tty", "/dev/pts"]))
 """)
     assert out == ["EACCES", "EACCES", "EACCES", "EACCES", "ENOENT", "True", "True", "/", "True"]
 
 
-def test_host_kernel_knobs_are_eacces(shared_pod):
+def test_host_kernel_knobs_are_read_only(shared_pod):
+    """The pod's /proc is mounted read-only: every sysctl write fails there
+    (EROFS) before the knob's own check (host root only, EACCES)."""
     out = run(shared_pod, """
 print(err(os.open, "/proc/sys/kernel/core_pattern", os.O_WRONLY))
 print(err(os.open, "/proc/sys/fs/file-max", os.O_WRONLY))
 print(err(os.open, "/proc/sys/vm/drop_caches", os.O_WRONLY))
 """)
-    assert out == ["EACCES", "EACCES", "EACCES"]
+    assert out == ["EROFS", "EROFS", "EROFS"]
 
 
 def test_pod_root_cannot_leave_its_pea_or_raise_its_limits(pods):
@@ -158,11 +160,12 @@ print(err(mount, "tmpfs", "/tmp/m", "tmpfs"))
 
 def test_programs_run_only_from_peafs(pods):
     """A pea without x on a program it can read copies it to /dev/shm, or
-    into a memfd, and executes the copy: EACCES both ways (/dev/shm is
-    noexec; vm.memfd_noexec = 2 in the pod's pid namespace), since PeaFS
-    would never see such an exec. Pod root cannot lower the sysctl."""
+    into a memfd, and executes the copy: EACCES both ways (/dev/shm is the
+    PeaFS directory /run/shm, where the pea's rules give no x; vm.memfd_noexec
+    = 2 in the pod's pid namespace, since PeaFS would never see the exec of
+    a memfd). Pod root cannot lower the sysctl."""
     pod = pods.start(peas='[pea.main.files]\n"/" = "rx"\n"/usr/bin/dash" = "r"\n'
-                          '"/tmp/" = "rw"\n"/tmp" = "rw"\n"/dev/shm/" = "rw"\n')
+                          '"/tmp/" = "rw"\n"/tmp" = "rw"\n"/run/shm/" = "rw"\n"/run/shm" = "rw"\n')
     out = run(pod, """
 import shutil, subprocess
 def run_it(path):
@@ -183,7 +186,7 @@ print(run_it(f"/proc/self/fd/{fd}"))
 print(open("/proc/sys/vm/memfd_noexec").read().strip())
 print(err(lambda: open("/proc/sys/vm/memfd_noexec", "w").write("0")))
 """)
-    assert out == ["EACCES", "EACCES", "EACCES", "EPERM", "EACCES", "2", "EACCES"]
+    assert out == ["EACCES", "EACCES", "EACCES", "EPERM", "EACCES", "2", "EROFS"]
 
 
 def test_pod_programs_get_umask_022_and_no_daemon_descriptor(pods):

@@ -12,7 +12,7 @@ import pytest
 import rules
 from rules import source
 
-from rules_helpers import MINIMAL, problems_of
+from rules_helpers import MINIMAL, policy_of, problems_of
 
 # -- the file as a whole ------------------------------------------------------
 
@@ -138,7 +138,7 @@ def test_unknown_keys_at_every_level_are_all_reported():
         'p.toml:5: unknown key "rooot" in [pod] (expected name, hostname, root, uid_map, '
         "gid_map, default_pea, init, mount, net, limits)",
         'p.toml:9: unknown key "ro" in [[pod.mount]] #1 (expected host, path, rw)',
-        'p.toml:12: unknown key "gateway" in [pod.net] (expected address)',
+        'p.toml:12: unknown key "gateway" in [pod.net] (expected address, host)',
         'p.toml:14: unknown key "cpu" in [pod.limits] (expected memory, pids)',
         'p.toml:16: unknown key "complains" in [pea.a] (expected complain, files, exec, net)',
         'p.toml:20: unknown key "listen" in [pea.a.net] (expected connect, bind)',
@@ -577,3 +577,18 @@ def test_policy_error_shape():
     assert [p.line for p in error.errors] == [7, 8]
     assert error.errors[0] == rules.Problem("f.toml", 7, 'permission "q" of "/x" has a letter other than r, w, x: "q"')
     assert str(error) == "\n".join(str(p) for p in error.errors)
+
+
+def test_pod_net_host_is_a_boolean_and_defaults_to_false():
+    base = """\
+        [pod]
+        name = "t"
+        root = "/srv/t"
+        [pea.a]
+        [pod.net]
+        address = "10.88.0.2/24"
+        """
+    assert problems_of(base + '        host = "yes"\n') == [
+        "p.toml:7: pod.net.host must be a boolean, not a string"]
+    assert policy_of(base).net.host is False
+    assert policy_of(base + "        host = true\n").net.host is True
