@@ -1,18 +1,24 @@
-"""``python -m bench peas``: what seccomp mediation costs a pod process.
+"""``python -m bench peas``: what separating peas costs a pod process.
 
 One run, two stand-in pods (tests/pods/seccomp_harness.py) with the same
-namespaces: one with the pod's filter and its supervisor, one without any
-filter. In each, a pod process times the same calls, and the legs are
-alternated (filtered, unfiltered, filtered, ...); the table gives the median
-per call and the ratio filtered/unfiltered:
+namespaces, their legs alternated (pod, native, pod, native):
 
-- kill(peer, 0): mediated (a round trip to the supervisor, which pins the
-  target and checks its pea), against the plain kernel call;
-- bind(127.0.0.1:0) of a fresh UDP socket (socket+bind+close): mediated
-  (the supervisor copies the socket and the address and binds itself);
-- bind to a listed port (same, with the pea's port check);
-- socket+close and getppid(): not mediated, so they show the cost of the
-  filter alone (a BPF search per call).
+- *pod*: the pod's seccomp filter with its supervisor, and the peas'
+  network programs on their cgroups (pods/netbpf.py), as in a real pod;
+- *native*: no filter, no programs: the same calls as outside a pod.
+
+Pea a may connect and bind 8080; pea b may not connect. A process of pea a
+(and one of pea b for the refused connect) times each call; the table gives
+the median per call and the ratio pod/native:
+
+- kill(peer, 0), the peer in the same pea (allowed) or in pea b (refused
+  with EPERM in the pod, a plain success natively): mediated by the
+  supervisor, one round trip to the daemon;
+- socket+bind(8080 listed / 9999 not listed)+close, socket+connect(a closed
+  port)+close from pea a (allowed: the kernel's ECONNREFUSED) and from pea b
+  (refused, EACCES): decided by the kernel's BPF programs, no round trip;
+- socket+close and getppid(): neither mediated nor programmed: the cost of
+  the filter alone (a BPF search per call).
 
 ``supervisor_us`` is the supervisor's own time per mediated call (trio
 thread), measured inside the supervisor.
@@ -27,31 +33,32 @@ import trio
 from tests.pods.seccomp_harness import Pea, fake_pod
 
 CASES = [
-    # (name, op kind, peer: "agent" = the other agent's pid, or a port)
-    ("kill(peer, 0)", "kill_peer", "agent"),
-    ("socket+bind(port 0)+close", "bind_port0", 0),
-    ("socket+bind(listed port)+close", "bind_listed", 8080),
-    ("socket+close (not mediated)", "socket_only", 0),
-    ("getppid (not mediated)", "getppid", 0),
+    # (name, op kind, agent, argument: "peer-a"/"peer-b" = that agent's pid, or a port)
+    ("kill(peer, 0), same pea (allowed)", "kill_peer", "a", "peer-a"),
+    ("kill(peer, 0), other pea (refused)", "kill_peer", "a", "peer-b"),
+    ("socket+bind(listed)+close (allowed)", "bind_listed", "a", 8080),
+    ("socket+bind(unlisted)+close (refused)", "bind_listed", "a", 9999),
+    ("socket+connect+close (allowed)", "connect", "a", 9),
+    ("socket+connect+close (refused)", "connect", "b", 9),
+    ("socket+close (neither)", "socket_only", "a", 0),
+    ("getppid (neither)", "getppid", "a", 0),
 ]
 
 
-async def _measure(filtered: bool, n: int, rounds: int) -> tuple[dict, dict]:
-    peas = {"a": Pea("a", connect=True, bind=[8080])}
-    out: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
-    sup_cost: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
-    async with fake_pod(peas, filtered=filtered) as pod:
-        a = await pod.agent("a")
-        peer = await pod.agent("a")
+async def _measure(in_pod: bool, n: int, rounds: int) -> tuple[dict, dict]:
+    peas = {"a": Pea("a", connect=True, bind=[8080]), "b": Pea("b", connect=False)}
+    out: dict[str, list[float]] = {name: [] for name, *_ in CASES}
+    sup_cost: dict[str, list[float]] = {name: [] for name, *_ in CASES}
+    async with fake_pod(peas, filtered=in_pod, net_rules=in_pod) as pod:
+        agents = {"a": await pod.agent("a"), "b": await pod.agent("b")}
+        peers = {"peer-a": await pod.agent("a"), "peer-b": await pod.agent("b")}
         for _ in range(rounds):
-            for name, kind, arg in CASES:
-                arg = peer.vpid if arg == "agent" else arg
+            for name, kind, who, arg in CASES:
+                arg = peers[arg].vpid if isinstance(arg, str) else arg
                 ns0 = pod.supervisor.busy_ns
-                calls0 = sum(v for k, v in pod.supervisor.stats.items()
-                             if k in ("kill", "bind"))
-                per = await a.call("bench", kind, n, arg, timeout=300)
-                calls = sum(v for k, v in pod.supervisor.stats.items()
-                            if k in ("kill", "bind")) - calls0
+                calls0 = sum(pod.supervisor.stats.values())
+                per = await agents[who].call("bench", kind, n, arg, timeout=300)
+                calls = sum(pod.supervisor.stats.values()) - calls0
                 out[name].append(per)
                 if calls:
                     sup_cost[name].append((pod.supervisor.busy_ns - ns0) / calls)
@@ -59,23 +66,23 @@ async def _measure(filtered: bool, n: int, rounds: int) -> tuple[dict, dict]:
 
 
 async def _main(n: int, rounds: int):
-    filtered: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
-    plain: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
-    sup: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
+    in_pod: dict[str, list[float]] = {name: [] for name, *_ in CASES}
+    native: dict[str, list[float]] = {name: [] for name, *_ in CASES}
+    sup: dict[str, list[float]] = {name: [] for name, *_ in CASES}
     for _ in range(2):  # alternate the legs
         f, s = await _measure(True, n, rounds)
         p, _ = await _measure(False, n, rounds)
-        for name in filtered:
-            filtered[name] += f[name]
-            plain[name] += p[name]
+        for name in in_pod:
+            in_pod[name] += f[name]
+            native[name] += p[name]
             sup[name] += s[name]
     rows = []
-    for name, _, _ in CASES:
-        fm, pm = statistics.median(filtered[name]), statistics.median(plain[name])
+    for name, *_ in CASES:
+        fm, pm = statistics.median(in_pod[name]), statistics.median(native[name])
         rows.append({
             "call": name,
-            "filtered_us": fm / 1000,
-            "unfiltered_us": pm / 1000,
+            "pod_us": fm / 1000,
+            "native_us": pm / 1000,
             "ratio": fm / pm,
             "supervisor_us": statistics.median(sup[name]) / 1000 if sup[name] else None,
         })
