@@ -47,7 +47,6 @@ decided inside the kernel by cgroup socket-address BPF programs
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -67,10 +66,6 @@ from pods.seccomp_syscalls import (
 )
 
 log = logging.getLogger("pods.supervisor")
-
-# The C library already loaded into this process (CDLL(None)): find_library
-# would run ldconfig in a subprocess, milliseconds on every pod exec.
-_libc = ctypes.CDLL(None, use_errno=True)
 
 SIGMAX = 64
 
@@ -277,14 +272,6 @@ class Supervisor:
                 raise procs.no_such_process()
             self._callers[note.id] = c
         return c
-
-    def _pea(self, name):
-        if name is None:
-            return None
-        try:
-            return self.policy.pea(name)
-        except Exception:  # noqa: BLE001 - an unknown pea has no rights
-            return None
 
     # ------------------------------------------------- one target by pid
     def _same_pea_target(self, fd, note, caller, vpid: int, *, thread=False, vtgid=None,
