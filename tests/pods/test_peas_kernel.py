@@ -32,6 +32,8 @@ issue bullets (#11, "Why") each test attacks:
   then let connect() continue on whatever the number named by then.
 - test_complain_mode_allows_and_logs_network_refusals: the kernel's network
   refusals are logged, and complain mode applies to them.
+- test_another_peas_shared_memory_is_out_of_reach: /dev/shm was one tmpfs
+  for every pea, so any pea read another's POSIX shared memory.
 - test_sysv_ipc_and_posix_queues_are_per_pea: SysV IPC objects and POSIX
   message queues were per pod, so a pea read another pea's shared memory
   under the ordinary Unix permissions, which pod root passes.
@@ -567,3 +569,24 @@ def test_complain_mode_allows_and_logs_network_refusals(pods):
     wanted = {"pea": "main", "operation": "bind", "path": "127.0.0.1:80", "kind": "net",
               "complain": True}
     wait_for_audit_line(pod, wanted)
+
+
+# -- 8. /dev/shm follows the file rules ----------------------------------------
+
+SHM_PEAS = PEAS.replace('[pea.main.files]\n"/" = "rwx"',
+                        '[pea.main.files]\n"/" = "rx"\n"/run/shm/" = ""')
+
+
+def test_another_peas_shared_memory_is_out_of_reach(pods):
+    """/dev/shm was one tmpfs for every pea: a POSIX shared memory segment of
+    vault (shm_open makes /dev/shm/NAME) was read by any pea. It is PeaFS's
+    /run/shm now, so main's rules decide: here they give it nothing there."""
+    pod = pods.start(peas=SHM_PEAS)
+    made = run_json(pod, 'open("/dev/shm/vault-seg", "w").write("secret")\n'
+                         'print(json.dumps(E(os.stat, "/dev/shm/vault-seg")))', pea="vault")
+    assert made == "OK"
+    got = run_json(pod, 'print(json.dumps({"read": O("/dev/shm/vault-seg", os.O_RDONLY),\n'
+                        '  "write": O("/dev/shm/vault-seg", os.O_WRONLY),\n'
+                        '  "create": O("/dev/shm/main-seg", os.O_CREAT | os.O_WRONLY)}))',
+                   pea="main")
+    assert got == {"read": "EACCES", "write": "EACCES", "create": "EACCES"}, str(got)
