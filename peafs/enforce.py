@@ -202,6 +202,10 @@ class Enforcer:
 
     # -- audit -------------------------------------------------------------
 
+    def log_limit(self, pea: str, ctx, operation: str, path: str, why: str) -> None:
+        """A refusal for a resource bound, not a rule (never in complain mode)."""
+        self._log(pea, ctx, operation, path, "", why, "limit", False)
+
     def _log(self, pea, ctx, operation, path, need, rule, kind, complain) -> None:
         pid = tgid_of(ctx.pid) or ctx.pid
         self.audit.refusal(pea=pea, pid=pid, uid=self.ids.uid.to_virtual(ctx.uid),

@@ -8,7 +8,13 @@ Design (see docs/ARCHITECTURE.md, "## peafs/"):
   touches anything; on-disk ids are translated in ids.py only.
 - Handlers are synchronous under an async shim: each runs to completion in
   the trio thread, so the table is never seen half-updated and a pea check
-  and the action it guards cannot interleave with another request.
+  and the action it guards cannot interleave with another request. The
+  exceptions are the calls that can wait on a disk or on another file system
+  (fsync, reads that would wait, large writes, large or foreign directory
+  listings, the hard-link state's rewrite): their handlers do all their
+  checks and bookkeeping first, then await the call in a worker thread on a
+  descriptor of their own, so that one pea's fsync never makes another pea's
+  request wait (several FUSE worker tasks: session.py).
 - Kernel caches are shared by all callers, so we give them only answers that
   are the same for everyone: names and attributes of ordinary files and
   directories (long timeouts: the pea check lives in open/create/unlink/...,
@@ -22,17 +28,20 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import os
 import stat
 import sys
 import traceback
 
 import pyfuse3
+import trio
 
 from . import syscalls
 from .enforce import path_str
 from .ids import OVERFLOW_ID
-from .inodes import OPEN_PATH, Inode, InodeTable
+from .budget import OpenBudget
+from .inodes import DEFAULT_FD_CACHE, OPEN_PATH, Inode, InodeTable
 
 ERR = pyfuse3.FUSEError
 FMODE_EXEC = 0o40          # the kernel's __FMODE_EXEC in an exec's open flags
@@ -50,6 +59,18 @@ DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
 # security.* (file capabilities!) written by the daemon, which is real root,
 # would be honoured by the host.
 WRITABLE_XATTR_PREFIX = b"user."
+# Writes of this size or more, and any write to a file on another file
+# system than the staging root's (a network or FUSE mount inside the tree),
+# go to a worker thread: on the loop they could wait for the disk (dirty
+# page throttling) with every other pea's requests behind them. Smaller
+# local writes land in the page cache; a thread hop costs ~80 us, more than
+# they do. (Buffered writes cannot be asked not to wait: RWF_NOWAIT is
+# EOPNOTSUPP for them on ext4.)
+LARGE_IO = 32 * 1024
+# A directory listing is read in a worker thread when the directory is this
+# large (ext4: more than four blocks of entries, tmpfs: ~800 names) or on
+# another file system than the staging root's.
+LARGE_DIR = 16 * 1024
 
 
 def no_setid(mode: int, is_dir: bool = False) -> int:
@@ -64,21 +85,47 @@ def no_setid(mode: int, is_dir: bool = False) -> int:
     return mode & ~(stat.S_ISUID | (0 if is_dir else stat.S_ISGID))
 
 
+def _fuse_error(e: Exception) -> pyfuse3.FUSEError:
+    if isinstance(e, OSError):
+        return ERR(e.errno or errno.EIO)
+    traceback.print_exc(file=sys.stderr)
+    return ERR(errno.EIO)
+
+
 def handler(fn):
-    """Run a synchronous handler; OSError -> its errno, a bug -> EIO (the
-    daemon stays up: one bad request must not unmount the pod)."""
+    """Run a handler; OSError -> its errno, a bug -> EIO (the daemon stays
+    up: one bad request must not unmount the pod)."""
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def waiting(self, *args):
+            try:
+                return await fn(self, *args)
+            except ERR:
+                raise
+            except Exception as e:
+                raise _fuse_error(e) from None
+        return waiting
+
     @functools.wraps(fn)
     async def wrapper(self, *args):
         try:
             return fn(self, *args)
         except ERR:
             raise
-        except OSError as e:
-            raise ERR(e.errno or errno.EIO) from None
-        except Exception:
-            traceback.print_exc(file=sys.stderr)
-            raise ERR(errno.EIO) from None
+        except Exception as e:
+            raise _fuse_error(e) from None
     return wrapper
+
+
+async def off_loop(fn, fd: int, *args):
+    """``fn(own, *args)`` in a worker thread, on ``own``, a duplicate of
+    ``fd``: a release that closes ``fd`` meanwhile (the caller killed
+    mid-call) cannot make the thread act on whatever reuses its number."""
+    own = os.dup(fd)
+    try:
+        return await trio.to_thread.run_sync(fn, own, *args)
+    finally:
+        os.close(own)
 
 
 class DirHandle:
@@ -97,16 +144,21 @@ class PeaFS(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, root_fd: int, policy, ids, enforcer, links, *, writeback: bool = False):
+    def __init__(self, root_fd: int, policy, ids, enforcer, links, *, writeback: bool = False,
+                 budget: OpenBudget | None = None, fd_cache: int = DEFAULT_FD_CACHE):
         super().__init__()
-        self.table = InodeTable(root_fd)
+        self.table = InodeTable(root_fd, fd_cache)
+        self.root_dev = self.table.root.key[0]
         self.policy = policy
         self.ids = ids
         self.enf = enforcer
         self.links = links
         self.enable_writeback_cache = writeback
+        self.budget = budget if budget is not None else OpenBudget(1 << 30, policy.peas)
         self.dirs: dict[int, DirHandle] = {}
-        self.open_fds: set[int] = set()
+        # Open files: fh (our descriptor) -> (pea charged, whether the file
+        # is on the staging root's own file system).
+        self.open_fds: dict[int, tuple[str, bool]] = {}
         self._next_dir = 1
 
     # -- helpers -----------------------------------------------------------
@@ -327,7 +379,7 @@ class PeaFS(pyfuse3.Operations):
                                 lambda: os.symlink(target, sname, dir_fd=parent.fd))
 
     @handler
-    def link(self, inode_id, new_parent_id, new_name, ctx):
+    async def link(self, inode_id, new_parent_id, new_name, ctx):
         ino = self.table[inode_id]
         parent = self.table[new_parent_id]
         sname = self._name(new_name)
@@ -349,10 +401,11 @@ class PeaFS(pyfuse3.Operations):
             # blanks) must not stay a link without its inherited rule.
             os.unlink(sname, dir_fd=parent.fd)
             raise ERR(errno.EACCES) from None
-        self.links.save()
         fd = os.open(sname, OPEN_PATH, dir_fd=parent.fd)
         ino2, st = self._adopt(parent, sname, fd)
-        return self._answer(ino2, st, ctx, pea)
+        answer = self._answer(ino2, st, ctx, pea)
+        await self.links.save_off_loop()
+        return answer
 
     # -- removing and renaming names ----------------------------------------
 
@@ -364,20 +417,24 @@ class PeaFS(pyfuse3.Operations):
         self.enf.check(ctx, op, "w", paths, pea=pea)
         remove(sname, parent.fd)
         self.table.unlinked(ino, parent, sname)
-        self._move_link_rules(path_str(paths[0]), None)
+        return self._move_link_rules(path_str(paths[0]), None)
 
     @handler
-    def unlink(self, parent_id, name, ctx):
-        self._remove("unlink", parent_id, name, ctx,
-                     lambda n, fd: os.unlink(n, dir_fd=fd))
+    async def unlink(self, parent_id, name, ctx):
+        if self._remove("unlink", parent_id, name, ctx, lambda n, fd: os.unlink(n, dir_fd=fd)):
+            await self.links.save_off_loop()
 
     @handler
-    def rmdir(self, parent_id, name, ctx):
-        self._remove("rmdir", parent_id, name, ctx,
-                     lambda n, fd: os.rmdir(n, dir_fd=fd))
+    async def rmdir(self, parent_id, name, ctx):
+        if self._remove("rmdir", parent_id, name, ctx, lambda n, fd: os.rmdir(n, dir_fd=fd)):
+            await self.links.save_off_loop()
 
     @handler
-    def rename(self, old_parent_id, old_name, new_parent_id, new_name, flags, ctx):
+    async def rename(self, old_parent_id, old_name, new_parent_id, new_name, flags, ctx):
+        if self._rename(old_parent_id, old_name, new_parent_id, new_name, flags, ctx):
+            await self.links.save_off_loop()
+
+    def _rename(self, old_parent_id, old_name, new_parent_id, new_name, flags, ctx) -> bool:
         op_ = self.table[old_parent_id]
         np_ = self.table[new_parent_id]
         oname = self._name(old_name)
@@ -407,18 +464,19 @@ class PeaFS(pyfuse3.Operations):
             if dst is not None and dst is not src:
                 self.table.unlinked(dst, np_, nname)
             self.table.renamed(src, op_, oname, np_, nname)
-        self._move_link_rules(path_str(src_paths[0]), path_str(dst_paths[0]), exchange)
+        return self._move_link_rules(path_str(src_paths[0]), path_str(dst_paths[0]), exchange)
 
-    def _move_link_rules(self, old: str, new: str | None, exchange: bool = False) -> None:
+    def _move_link_rules(self, old: str, new: str | None, exchange: bool = False) -> bool:
         """Keep hard-link rules attached to their objects when names move.
 
         ``new`` None: ``old`` was removed. Otherwise ``old`` (and everything
         below it) now lives at ``new``; what was at ``new`` is gone, or, for
-        an exchange, lives at ``old``.
+        an exchange, lives at ``old``. True if the rules changed (the caller
+        then saves them, off the loop).
         """
         data = self.policy.links()
         if not data:
-            return
+            return False
 
         def under(p, base):
             return p == base or p.startswith(base + "/")
@@ -437,7 +495,7 @@ class PeaFS(pyfuse3.Operations):
                 out[p] = rule
         if changed:
             self.policy.restore_links(out)
-            self.links.save()
+        return changed
 
     # -- files ----------------------------------------------------------------
 
@@ -471,19 +529,36 @@ class PeaFS(pyfuse3.Operations):
             flags &= ~os.O_APPEND
         return flags
 
+    def _charge(self, ctx, pea, operation: str, paths) -> None:
+        """Count one descriptor against ``pea``'s share (budget.py);
+        ENFILE, logged, when the share is full."""
+        if not self.budget.take(pea.name):
+            self.enf.log_limit(pea.name, ctx, operation, path_str(paths[0]) if paths else "?",
+                               f"the pea holds {self.budget.share} open files and "
+                               "directories, its share of the daemon's descriptors")
+            raise ERR(errno.ENFILE)
+
+    def _held_open(self, fd: int, pea, st_dev: int) -> int:
+        self.open_fds[fd] = (pea.name, st_dev == self.root_dev)
+        return fd
+
     @handler
     def open(self, inode_id, flags, ctx):
         ino = self.table[inode_id]
         paths = self._paths(ino)
         if flags & FMODE_EXEC:
-            self.enf.exec_open(ctx, paths, ino.id)
+            pea = self.enf.exec_open(ctx, paths, ino.id)
         else:
-            self.enf.check(ctx, "open", self._need_for(flags), paths)
+            pea = self.enf.check(ctx, "open", self._need_for(flags), paths)
         if ino.is_special or ino.fmt == stat.S_IFLNK:
             raise ERR(errno.EACCES)   # never reached: the kernel opens these itself
-        fd = os.open(ino.proc_path(), self._real_flags(flags))
-        self.open_fds.add(fd)
-        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+        self._charge(ctx, pea, "open", paths)
+        try:
+            fd = os.open(ino.proc_path(), self._real_flags(flags))
+        except BaseException:
+            self.budget.give(pea.name)
+            raise
+        return pyfuse3.FileInfo(fh=self._held_open(fd, pea, ino.key[0]), keep_cache=True)
 
     @handler
     def create(self, parent_id, name, mode, flags, ctx):
@@ -494,34 +569,56 @@ class PeaFS(pyfuse3.Operations):
                        pea=pea)
         vuid, vgid = self._virtual_ids(ctx, os.fstat(parent.fd))
         real = self._real_flags(flags) | os.O_NOFOLLOW
+        self._charge(ctx, pea, "create", self._child_paths(parent, sname))
+        fd = None
         try:
-            fd = os.open(sname, real | os.O_CREAT | os.O_EXCL, no_setid(mode), dir_fd=parent.fd)
-            created = True
-        except FileExistsError:
-            if flags & os.O_EXCL:
-                raise
-            # Created meanwhile by someone else: an open, not a create.
-            fd = os.open(sname, real, dir_fd=parent.fd)
-            created = False
-        try:
+            try:
+                fd = os.open(sname, real | os.O_CREAT | os.O_EXCL, no_setid(mode),
+                             dir_fd=parent.fd)
+                created = True
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                # Created meanwhile by someone else: an open, not a create.
+                fd = os.open(sname, real, dir_fd=parent.fd)
+                created = False
             if created:
                 os.fchown(fd, vuid, vgid)
             # Follow the magic link (no O_NOFOLLOW): it names the new inode.
             pfd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            os.close(fd)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            self.budget.give(pea.name)
             raise
         ino, st = self._adopt(parent, sname, pfd)
-        self.open_fds.add(fd)
+        self._held_open(fd, pea, st.st_dev)
         return (pyfuse3.FileInfo(fh=fd, keep_cache=True), self._answer(ino, st, ctx, pea))
 
     @handler
-    def read(self, fh, off, size):
-        return os.pread(fh, size, off)
+    async def read(self, fh, off, size):
+        # Served from the page cache on the loop when it can be; a read
+        # that would wait for the disk (EAGAIN) or whose file system cannot
+        # say (EOPNOTSUPP: FUSE, NFS) goes to a worker thread.
+        if self.open_fds.get(fh, ("", False))[1]:
+            buf = bytearray(size)
+            try:
+                n = os.preadv(fh, [buf], off, os.RWF_NOWAIT)
+            except (BlockingIOError, OSError) as e:
+                if e.errno not in (errno.EAGAIN, errno.EOPNOTSUPP):
+                    raise
+            else:
+                # A short answer means end of file to the kernel (it may
+                # shrink its idea of the size): give one only at the end.
+                if n == size or off + n >= os.fstat(fh).st_size:
+                    return memoryview(buf)[:n]
+        return await off_loop(os.pread, fh, size, off)
 
     @handler
-    def write(self, fh, off, buf):
-        return os.pwrite(fh, buf, off)
+    async def write(self, fh, off, buf):
+        if len(buf) < LARGE_IO and self.open_fds.get(fh, ("", False))[1]:
+            return os.pwrite(fh, buf, off)
+        return await off_loop(os.pwrite, fh, buf, off)
 
     async def flush(self, fh):
         # Nothing to do at close(2) (data goes straight to the staging file;
@@ -531,32 +628,49 @@ class PeaFS(pyfuse3.Operations):
 
     @handler
     def release(self, fh):
-        if fh in self.open_fds:
-            self.open_fds.discard(fh)
+        held = self.open_fds.pop(fh, None)
+        if held is not None:
+            self.budget.give(held[0])
             os.close(fh)
 
     @handler
-    def fsync(self, fh, datasync):
-        # Acknowledge only what the staging file system has on disk.
-        (os.fdatasync if datasync else os.fsync)(fh)
+    async def fsync(self, fh, datasync):
+        # Acknowledge only what the staging file system has on disk; the
+        # wait for it is the worker thread's, not the other peas'.
+        await off_loop(os.fdatasync if datasync else os.fsync, fh)
 
     # -- directories ----------------------------------------------------------
 
     @handler
     def opendir(self, inode_id, ctx):
         ino = self.table[inode_id]
-        pea = self.enf.check(ctx, "opendir", "r", self._paths(ino))
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=ino.fd)
+        paths = self._paths(ino)
+        pea = self.enf.check(ctx, "opendir", "r", paths)
+        self._charge(ctx, pea, "opendir", paths)
+        try:
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=ino.fd)
+        except BaseException:
+            self.budget.give(pea.name)
+            raise
         h = self._next_dir
         self._next_dir += 1
         self.dirs[h] = DirHandle(ino, fd, pea)
         return h
 
     @handler
-    def readdir(self, fh, start_id, token):
+    async def readdir(self, fh, start_id, token):
         h = self.dirs[fh]
         if start_id == 0 or h.names is None:
-            h.names = os.listdir(h.fd)
+            st = os.fstat(h.fd)
+            if st.st_size < LARGE_DIR and st.st_dev == self.root_dev:
+                h.names = os.listdir(h.fd)
+            else:
+                h.names = await off_loop(os.listdir, h.fd)
+            if self.dirs.get(fh) is not h:
+                return      # released while the listing was read
+        self._reply_entries(h, start_id, token)
+
+    def _reply_entries(self, h: DirHandle, start_id: int, token) -> None:
         names = h.names
         # Offsets 0 and 1 are "." and ".."; the kernel takes no lookup
         # reference for them, and ".." of the pod root is the root itself.
@@ -570,8 +684,8 @@ class PeaFS(pyfuse3.Operations):
             name = names[i - 2]
             try:
                 st = os.stat(name, dir_fd=h.fd, follow_symlinks=False)
-                ino = self.table.by_key((st.st_dev, st.st_ino))
-                if ino is not None and ino.fmt == stat.S_IFMT(st.st_mode):
+                ino = self.table.held(h.fd, name, st)
+                if ino is not None:
                     # Already held (the common case on a second listing):
                     # count the kernel's new reference, skip the open.
                     ino = self.table.remember_again(ino, h.ino, name)
@@ -594,11 +708,12 @@ class PeaFS(pyfuse3.Operations):
     def releasedir(self, fh):
         h = self.dirs.pop(fh, None)
         if h is not None:
+            self.budget.give(h.pea.name)
             os.close(h.fd)
 
     @handler
-    def fsyncdir(self, fh, datasync):
-        os.fsync(self.dirs[fh].fd)
+    async def fsyncdir(self, fh, datasync):
+        await off_loop(os.fsync, self.dirs[fh].fd)
 
     @handler
     def statfs(self, ctx):

@@ -8,8 +8,11 @@
 
 pyfuse3 allows one session per process. ``mount()`` sets the process umask to
 0 (modes arriving from the kernel already carry the caller's umask) and
-raises RLIMIT_NOFILE to its hard limit (every object the kernel holds is an
-open O_PATH descriptor). ``state_dir`` holds audit.log and links.json.
+raises the soft RLIMIT_NOFILE to the hard limit, then divides the descriptors: a
+bounded cache of O_PATH handles (inodes.py), a reserve for the daemon's own
+use (the pods' supervisor, pidfds, the control socket, /proc reads), and the
+rest for open files and directories, shared out equally among the peas
+(budget.py). ``state_dir`` holds audit.log and links.json.
 """
 
 from __future__ import annotations
@@ -24,10 +27,36 @@ import trio
 
 from . import cgroup, execwatch, mountinfo
 from .audit import AuditLog
+from .budget import OpenBudget
 from .enforce import Enforcer
 from .fs import PeaFS
 from .ids import Ids
+from .inodes import DEFAULT_FD_CACHE
 from .linkstate import LinkStore
+
+# Descriptors kept out of the peas' budget for the daemon itself.
+RESERVED_FDS = 1024
+# FUSE worker tasks: most handlers never await, but one that waits for a
+# worker thread (fsync, a read from the disk) must not hold up the rest.
+MAX_TASKS = 32
+
+
+def raise_nofile() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return it.
+
+    The hard limit is the host's word (a service manager's LimitNOFILE=);
+    going past it would need CAP_SYS_RESOURCE, and pod processes inherit
+    the daemon's limits, so the daemon does not."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def divide_descriptors(limit: int) -> tuple[int, int]:
+    """(O_PATH cache size, descriptors for the peas' open files)."""
+    cache = max(64, min(DEFAULT_FD_CACHE, limit // 8))
+    return cache, max(64, limit - cache - RESERVED_FDS)
 
 
 def mount_options(pod: str) -> set[str]:
@@ -58,9 +87,7 @@ class PeaFSSession:
     def mount(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.umask(0)
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        fd_cache, for_peas = divide_descriptors(raise_nofile())
         root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             cgroup.ensure_peas(self.policy.name, self.policy.peas)
@@ -74,7 +101,8 @@ class PeaFSSession:
                                                  self._fuse_dev)
             enforcer = Enforcer(self.policy, ids, self.audit, self.watch)
             self.ops = PeaFS(root_fd, self.policy, ids, enforcer, links,
-                             writeback=self.writeback)
+                             writeback=self.writeback, fd_cache=fd_cache,
+                             budget=OpenBudget(for_peas, self.policy.peas))
             pyfuse3.init(self.ops, str(self.mountpoint), mount_options(self.policy.name))
         except BaseException:
             os.close(root_fd)
@@ -113,12 +141,13 @@ class PeaFSSession:
             raise RuntimeError("PeaFSSession.serve() before mount()")
         self._serving = True
         try:
-            # Handlers never await (each runs to completion), so one worker
-            # task does all the work; more would only add task churn.
+            # Most handlers never await (each runs to completion) and one
+            # task serves them; pyfuse3 starts another when a handler waits
+            # for a worker thread (fs.py: fsync, a read from the disk).
             async with trio.open_nursery() as nursery:
                 if self.watch is not None:
                     nursery.start_soon(self.watch.run)
-                await pyfuse3.main(min_tasks=1, max_tasks=1)
+                await pyfuse3.main(min_tasks=1, max_tasks=MAX_TASKS)
                 nursery.cancel_scope.cancel()
         finally:
             self._serving = False

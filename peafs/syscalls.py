@@ -7,6 +7,7 @@ callers handle them the same way.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)   # the loaded libc; find_library runs ldconfig
@@ -64,3 +65,53 @@ def statx_ino_dev(path: str) -> tuple[int, int]:
     major = int.from_bytes(raw[136:140], "little")
     minor = int.from_bytes(raw[140:144], "little")
     return ino, os.makedev(major, minor)
+
+
+# File handles (name_to_handle_at/open_by_handle_at): how the inode table
+# names an object without holding a descriptor on it. A handle carries the
+# inode's generation, so once the object is gone it opens nothing (ESTALE),
+# never a newer file that reused the inode number. Opening one needs
+# CAP_DAC_READ_SEARCH (the daemon is host root) and a descriptor on the same
+# mount that is not O_PATH (the kernel refuses those with EBADF).
+MAX_HANDLE_SZ = 128
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ)]
+
+
+_libc.name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
+                                    ctypes.c_void_p, ctypes.c_int]
+_libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+
+
+def handle_of(fd: int, name: str | bytes = b"") -> tuple[bytes, int] | None:
+    """(handle, mount id) of the object behind ``fd`` (O_PATH is fine), or
+    of ``fd``/``name`` (a symlink itself, never followed), or None where the
+    file system cannot make handles (EOPNOTSUPP)."""
+    fh = _FileHandle()
+    fh.handle_bytes = MAX_HANDLE_SZ
+    mnt = ctypes.c_int()
+    if _libc.name_to_handle_at(fd, os.fsencode(name), ctypes.byref(fh), ctypes.byref(mnt),
+                               0 if name else AT_EMPTY_PATH):
+        err = ctypes.get_errno()
+        if err in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EOVERFLOW):
+            return None
+        raise OSError(err, f"name_to_handle_at: {os.strerror(err)}")
+    raw = fh.handle_type.to_bytes(4, "little", signed=True) + bytes(fh.f_handle[:fh.handle_bytes])
+    return raw, mnt.value
+
+
+def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
+    """A new descriptor on the object ``handle`` (from ``handle_of``) names."""
+    fh = _FileHandle()
+    body = handle[4:]
+    fh.handle_type = int.from_bytes(handle[:4], "little", signed=True)
+    fh.handle_bytes = len(body)
+    ctypes.memmove(fh.f_handle, body, len(body))
+    fd = _libc.open_by_handle_at(mount_fd, ctypes.byref(fh), flags)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"open_by_handle_at: {os.strerror(err)}")
+    return fd
