@@ -22,8 +22,11 @@ lock for its whole life (liveness = the flock, see pods/runtime.py) and:
    unmounts, removes cgroups, the veth and every runtime file, and exits.
 
 The daemon never forks to run Python: children are started with
-subprocess (fork+exec) from the trio thread, which lives as long as the
-daemon, so PR_SET_PDEATHSIG in the keeper fires exactly when the daemon dies.
+subprocess (fork+exec). The keeper is started from the trio thread, which
+lives as long as the daemon, so PR_SET_PDEATHSIG in the keeper fires exactly
+when the daemon dies (it fires when the parent *thread* ends). Taggers,
+which set no death signal, are started from worker threads (``spawn``), so
+that a slow fork never holds up the supervisor.
 It never touches the PeaFS mount itself (it serves it: a synchronous access
 from this thread would deadlock).
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import os
 import shutil
 import signal
@@ -72,6 +76,13 @@ def child_env() -> dict:
 
 class StartError(Exception):
     """A failure to start the pod, reported to `pod start` as one line."""
+
+
+async def spawn(cmd, **kw) -> subprocess.Popen:
+    """Popen from a worker thread. fork+exec of this large, threaded process
+    takes milliseconds (more under memory pressure): on the main loop it
+    would hold up the supervisor's answers to every pod process."""
+    return await trio.to_thread.run_sync(functools.partial(subprocess.Popen, cmd, **kw))
 
 
 def _mapped(ranges, ident: int) -> bool:
@@ -174,6 +185,7 @@ class PodDaemon:
                "--root-uid", str(root_uid), "--root-gid", str(root_gid)]
         for f in self.cgroup_files[""]:
             cmd += ["--cgroup", f]
+        # From this thread, not a worker's: see the module docstring.
         self.keeper = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=child_env(),
                                        stdin=subprocess.DEVNULL, cwd="/")
         theirs.close()
@@ -338,9 +350,9 @@ class PodDaemon:
                     "--term", str(term or "")]
         cmd += ["--", *argv]
         try:
-            proc = subprocess.Popen(cmd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
-                                    pass_fds=[self.init_pidfd, theirs.fileno(), ipc],
-                                    env=child_env(), cwd="/")
+            proc = await spawn(cmd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+                               pass_fds=[self.init_pidfd, theirs.fileno(), ipc],
+                               env=child_env(), cwd="/")
         finally:
             theirs.close()
         proc_pidfd = os.pidfd_open(proc.pid)
