@@ -597,10 +597,17 @@ class PeaFS(pyfuse3.Operations):
 
     @handler
     async def read(self, fh, off, size):
-        # Served from the page cache on the loop when it can be; a read
-        # that would wait for the disk (EAGAIN) or whose file system cannot
-        # say (EOPNOTSUPP: FUSE, NFS) goes to a worker thread.
-        if self.open_fds.get(fh, ("", False))[1]:
+        # A small read of a file on the staging root's file system stays on
+        # the loop, even from the disk (a cold 4 KiB read costs less than
+        # the ~80 us thread hop, and cold small-file reads are common). A
+        # large one is served from the page cache on the loop when it can
+        # be; one that would wait for the disk (EAGAIN), or whose file
+        # system cannot say (EOPNOTSUPP: FUSE, NFS), and any read of a file
+        # on another file system, goes to a worker thread.
+        local = self.open_fds.get(fh, ("", False))[1]
+        if local and size < LARGE_IO:
+            return os.pread(fh, size, off)
+        if local:
             buf = bytearray(size)
             try:
                 n = os.preadv(fh, [buf], off, os.RWF_NOWAIT)
