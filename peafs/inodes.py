@@ -54,7 +54,7 @@ from .syscalls import handle_of, open_by_handle
 ROOT_ID = pyfuse3.ROOT_INODE
 OPEN_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 DEFAULT_FD_CACHE = 4096
-MIN_FD_CACHE = 64     # above what one request touches at once (rename: 4)
+MIN_FD_CACHE = 8      # above what one request touches at once (rename: 4)
 
 
 class Inode:

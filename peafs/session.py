@@ -31,7 +31,7 @@ from .budget import OpenBudget
 from .enforce import Enforcer
 from .fs import PeaFS
 from .ids import Ids
-from .inodes import DEFAULT_FD_CACHE
+from .inodes import DEFAULT_FD_CACHE, MIN_FD_CACHE
 from .linkstate import LinkStore
 
 # Descriptors kept out of the peas' budget for the daemon itself.
@@ -54,8 +54,15 @@ def raise_nofile() -> int:
 
 
 def divide_descriptors(limit: int) -> tuple[int, int]:
-    """(O_PATH cache size, descriptors for the peas' open files)."""
+    """(O_PATH cache size, descriptors for the peas' open files).
+
+    $PEAFS_FD_CACHE sets the cache size (at least MIN_FD_CACHE): the tests
+    make it tiny, so that every object is evicted and re-opened by handle."""
     cache = max(64, min(DEFAULT_FD_CACHE, limit // 8))
+    try:
+        cache = max(MIN_FD_CACHE, int(os.environ["PEAFS_FD_CACHE"]))
+    except (KeyError, ValueError):
+        pass
     return cache, max(64, limit - cache - RESERVED_FDS)
 
 

@@ -152,7 +152,8 @@ class MountFactory:
         self.counter = 0
 
     def __call__(self, policy_toml: str, root: Path | None = None,
-                 pod: str | None = None) -> PeaMount:
+                 pod: str | None = None, daemon_env: dict | None = None) -> PeaMount:
+        """``daemon_env``: extra environment for the daemon (PEAFS_FD_CACHE)."""
         self.counter += 1
         n = self.counter
         if root is None:
@@ -170,7 +171,8 @@ class MountFactory:
         policy_path.write_text(_fill_policy(policy_toml, pod, root))
         m = PeaMount(pod, root, mp, policy_path, self.run_dir)
         r = subprocess.run(peafs_cmd("mount", root, mp, "--policy", policy_path),
-                           env=m.env(), capture_output=True, text=True, timeout=60)
+                           env={**m.env(), **(daemon_env or {})}, capture_output=True,
+                           text=True, timeout=60)
         if r.returncode != 0:
             raise AssertionError(f"peafs mount failed ({r.returncode}): {r.stderr.strip()}")
         m.mounted = True

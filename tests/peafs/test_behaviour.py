@@ -306,11 +306,15 @@ def reference(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="module", params=["native", "peafs"])
+@pytest.fixture(scope="module", params=["native", "peafs", "peafs-evicting"])
 def fs(request, tmp_path_factory, peafs_module_mount):
     if request.param == "native":
         return Native(tmp_path_factory.mktemp("native"))
-    m = peafs_module_mount('[pea.all.files]\n"/" = "rwx"\n')
+    # "peafs-evicting": a daemon whose inode table keeps 8 descriptors, so
+    # nearly every object is evicted and opened again by its file handle
+    # (inodes.py) between two requests: the same answers are expected.
+    env = {"PEAFS_FD_CACHE": "8"} if request.param == "peafs-evicting" else None
+    m = peafs_module_mount('[pea.all.files]\n"/" = "rwx"\n', daemon_env=env)
     return ThroughPeaFS(m)
 
 
