@@ -116,6 +116,13 @@ def _serve(policy, root, mp, state_dir, state, ready_fd) -> int:
     import trio
     from .session import PeaFSSession
 
+    # A stop asked between the mount and the loop's signal receiver must
+    # not kill the daemon with the default action (a live mount left without
+    # its daemon): note it, and act on it once the receiver is open.
+    early: list[int] = []
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for sig in stops:
+        signal.signal(sig, lambda s, _f: early.append(s))
     session = PeaFSSession(root, mp, policy, state_dir)
     session.mount()
     state["pid"] = os.getpid()
@@ -127,7 +134,10 @@ def _serve(policy, root, mp, state_dir, state, ready_fd) -> int:
     async def main():
         async with trio.open_nursery() as nursery:
             async def on_signal():
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                with trio.open_signal_receiver(*stops) as sigs:
+                    if early:
+                        session.close()
+                        return
                     async for _ in sigs:
                         session.close()
                         return
