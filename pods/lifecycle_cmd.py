@@ -69,7 +69,27 @@ def _one_name_each(root: Path, mounts) -> str | None:
     return None
 
 
+def _gaps_problem(policy) -> str | None:
+    """Refuse a pod of several peas whose policy does not accept, by name,
+    each way its peas are not separated on this kernel (SECURITY.md, Known
+    gaps): whoever splits a service into peas must know what it does not buy."""
+    from rules.policy import KNOWN_GAPS
+
+    missing = policy.unaccepted_gaps()
+    if not missing:
+        return None
+    lines = "".join(f"\n  {g}: {KNOWN_GAPS[g]}" for g in missing)
+    names = ", ".join(f'"{g}"' for g in KNOWN_GAPS)
+    return (f"pod {policy.name} has {len(policy.peas)} peas, and they are not separated "
+            f"in these ways (docs/SECURITY.md, \"Known gaps\"):{lines}\n"
+            f"Run peas that must keep secrets from each other under different uids, and "
+            f"accept the rest in the policy's [pod] table:\n  accept_gaps = [{names}]")
+
+
 def _start_checks(policy) -> str | None:
+    problem = _gaps_problem(policy)
+    if problem:
+        return problem
     root = Path(policy.root)
     if not root.is_dir():
         return f"root {root} does not exist or is not a directory"
@@ -175,7 +195,7 @@ def _spawn_daemon(policy, args, d: Path) -> int:
     if not text:
         proc.kill()
         text = "the pod's daemon did not report in time" if proc.poll() is None else \
-            f"the pod's daemon exited (see its log)"
+            "the pod's daemon exited (see its log)"
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:

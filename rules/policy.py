@@ -49,6 +49,20 @@ class Net(NamedTuple):
     host: bool = False
 
 
+# Ways in which the peas of one pod are NOT separated on the kernels Pea-Pod
+# runs on (docs/SECURITY.md, "Known gaps"). A pod with more than one pea
+# starts only if its policy accepts each of them by name ([pod] accept_gaps):
+# an administrator who splits a service into peas must not believe in a
+# separation that is not there.
+KNOWN_GAPS = {
+    "proc-read": "a process may read /proc/PID/mem, environ and fd/N of a process "
+                 "of another pea that runs as the same uid",
+    "abstract-unix": "abstract Unix sockets (and their names) are shared by all peas",
+    "ipc-after-transition": "a process that changed pea at exec keeps the SysV IPC "
+                            "and POSIX queue namespace of the pea it started in",
+}
+
+
 class Limits(NamedTuple):
     """Resource limits of the whole pod (None = no limit)."""
 
@@ -131,12 +145,14 @@ class Policy:
     """A loaded, valid policy: one pod and its peas (see docs/FORMAT.md)."""
 
     __slots__ = ("file", "name", "hostname", "root", "uid_map", "gid_map", "default_pea",
-                 "init", "mounts", "net", "limits", "peas", "_links", "_frozen")
+                 "init", "mounts", "net", "limits", "accept_gaps", "peas", "_links",
+                 "_frozen")
 
     def __init__(self, *, file: Path | None, name: str, hostname: str, root: Path,
                  uid_map: tuple[IdRange, ...], gid_map: tuple[IdRange, ...],
                  default_pea: str, init: tuple[str, ...] | None, mounts: tuple[Mount, ...],
-                 net: Net | None, limits: Limits, peas: dict[str, Pea]):
+                 net: Net | None, limits: Limits, peas: dict[str, Pea],
+                 accept_gaps: frozenset[str] = frozenset()):
         self.file = file
         self.name = name
         self.hostname = hostname
@@ -148,6 +164,7 @@ class Policy:
         self.mounts = tuple(mounts)
         self.net = net
         self.limits = limits
+        self.accept_gaps = frozenset(accept_gaps)
         self.peas = types.MappingProxyType(dict(peas))
         # new_path -> {pea name -> (perm, exec_to)}
         self._links: dict[str, dict[str, tuple[str, str | None]]] = {}
@@ -160,6 +177,14 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"<Policy {self.name} peas={list(self.peas)}>"
+
+    def unaccepted_gaps(self) -> list[str]:
+        """The known gaps between peas (KNOWN_GAPS) this policy relies on
+        without accepting them: all that ``accept_gaps`` lacks when there
+        are several peas, none for a single pea."""
+        if len(self.peas) < 2:
+            return []
+        return [g for g in KNOWN_GAPS if g not in self.accept_gaps]
 
     def pea(self, name: str) -> Pea:
         """The pea called *name*; KeyError if the policy has none."""

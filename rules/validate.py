@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from .paths import path_problem
-from .policy import IdRange, Limits, Mount, Net, Pea, Policy, normal_perm
+from .policy import KNOWN_GAPS, IdRange, Limits, Mount, Net, Pea, Policy, normal_perm
 
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}\Z")
 NAME_RULE = 'use a lower-case letter, then up to 30 lower-case letters, digits or "-"'
@@ -31,7 +31,7 @@ SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 TOP_KEYS = ("pod", "pea")
 POD_KEYS = ("name", "hostname", "root", "uid_map", "gid_map", "default_pea", "init",
-            "mount", "net", "limits")
+            "mount", "net", "limits", "accept_gaps")
 MOUNT_KEYS = ("host", "path", "rw")
 POD_NET_KEYS = ("address", "host")
 LIMIT_KEYS = ("memory", "pids")
@@ -175,10 +175,25 @@ class Checker:
         mounts = self.mounts(pod.get("mount"))
         net = self.net(pod.get("net"))
         limits = self.limits(pod.get("limits"))
+        accept_gaps = self.accept_gaps(pod)
         return dict(name=name or "", hostname=hostname or name or "", root=root,
                     uid_map=uid_map or DEFAULT_ID_MAP, gid_map=gid_map or DEFAULT_ID_MAP,
                     default_pea=default_pea or "", init=init, mounts=mounts, net=net,
-                    limits=limits)
+                    limits=limits, accept_gaps=accept_gaps)
+
+    def accept_gaps(self, pod: dict) -> frozenset[str]:
+        at = ("pod", "accept_gaps")
+        value = pod.get("accept_gaps")
+        if value is None:
+            return frozenset()
+        known = ", ".join(KNOWN_GAPS)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.bad(at, f"accept_gaps must be an array of strings (of {known})")
+            return frozenset()
+        for v in value:
+            if v not in KNOWN_GAPS:
+                self.bad(at, f"accept_gaps names an unknown gap {quote(v)} (known: {known})")
+        return frozenset(v for v in value if v in KNOWN_GAPS)
 
     def root(self, pod: dict) -> Path:
         at = ("pod", "root")

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from peafs import cgroup
+from rules.policy import KNOWN_GAPS
 from pods import limits, netns
 from pod_support import POD, PY, REPO
 
@@ -110,9 +111,11 @@ class PodFactory:
                               input=input, **kw)
 
     def write_policy(self, *, name=None, extra_pod="", peas=None, net=None, limits_=None,
-                     mounts=None, base=None, root=None,
-                     net_extra: str = "") -> tuple[Path, str, Path, int]:
-        """``net_extra``: lines added to the ``[pod.net]`` table (with ``net``)."""
+                     mounts=None, base=None, root=None, net_extra: str = "",
+                     accept_gaps: bool = True) -> tuple[Path, str, Path, int]:
+        """``net_extra``: lines added to the ``[pod.net]`` table (with ``net``).
+        ``accept_gaps``: the ``[pod]`` table accepts every known gap between
+        peas (without it, a pod of several peas does not start)."""
         name = name or f"p{os.getpid() % 100000}{random.randrange(1 << 16):04x}"
         d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.base))
         root = root or make_staging(d)
@@ -120,7 +123,10 @@ class PodFactory:
         lines = ["[pod]", f'name = "{name}"', f'hostname = "{name}-host"',
                  f"root = {json.dumps(str(root))}",
                  f"uid_map = [[0, {base}, 65536]]", f"gid_map = [[0, {base}, 65536]]",
-                 'default_pea = "main"', extra_pod, ""]
+                 'default_pea = "main"', extra_pod]
+        if accept_gaps:
+            lines.append("accept_gaps = " + json.dumps(list(KNOWN_GAPS)))
+        lines.append("")
         for host, path, rw in (mounts if mounts is not None else [("/usr", "/usr", False)]):
             lines += ["[[pod.mount]]", f"host = {json.dumps(str(host))}",
                       f"path = {json.dumps(path)}"] + (["rw = true"] if rw else []) + [""]

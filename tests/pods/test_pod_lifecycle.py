@@ -186,6 +186,27 @@ def test_overlapping_id_ranges_are_refused(pod_factory):
     assert not cgroup.pod_cgroup(name).exists()
 
 
+def test_several_peas_start_only_with_the_known_gaps_accepted(pod_factory):
+    # SECURITY.md "Known gaps": a multi-pea pod must not promise a
+    # separation the kernel does not give. Every gap not accepted is named.
+    policy, name, _, _ = pod_factory.write_policy(
+        accept_gaps=False,
+        extra_pod='accept_gaps = ["abstract-unix"]')
+    r = pod_factory.cli("start", policy)
+    assert r.returncode == 2, r.stdout
+    assert f"pod {name} has 2 peas, and they are not separated" in r.stderr
+    assert "\n  proc-read: a process may read /proc/PID/mem" in r.stderr
+    assert "\n  ipc-after-transition: " in r.stderr
+    assert "\n  abstract-unix:" not in r.stderr
+    assert 'accept_gaps = ["proc-read", "abstract-unix", "ipc-after-transition"]' in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (pod_factory.run / "pods" / name).exists()
+    assert not cgroup.pod_cgroup(name).exists()
+    # One pea has nothing to separate: no acceptance needed.
+    single = pod_factory.start(accept_gaps=False, peas='[pea.main.files]\n"/" = "rwx"\n')
+    assert single.start_result.returncode == 0
+
+
 def test_a_policy_with_errors_is_refused_with_file_line(pod_factory, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[pod]\nname = "Bad Name"\nroot = "."\nuid_map = [[0, 0, 1]]\n')

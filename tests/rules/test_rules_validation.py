@@ -136,7 +136,7 @@ def test_unknown_keys_at_every_level_are_all_reported():
     assert problems_of(text) == [
         'p.toml:1: unknown key "colour" at the top level (expected [pod] and [pea.NAME] tables)',
         'p.toml:5: unknown key "rooot" in [pod] (expected name, hostname, root, uid_map, '
-        "gid_map, default_pea, init, mount, net, limits)",
+        "gid_map, default_pea, init, mount, net, limits, accept_gaps)",
         'p.toml:9: unknown key "ro" in [[pod.mount]] #1 (expected host, path, rw)',
         'p.toml:12: unknown key "gateway" in [pod.net] (expected address, host)',
         'p.toml:14: unknown key "cpu" in [pod.limits] (expected memory, pids)',
@@ -592,3 +592,32 @@ def test_pod_net_host_is_a_boolean_and_defaults_to_false():
         "p.toml:7: pod.net.host must be a boolean, not a string"]
     assert policy_of(base).net.host is False
     assert policy_of(base + "        host = true\n").net.host is True
+
+
+# -- accept_gaps -----------------------------------------------------------------
+
+
+def test_accept_gaps_names_known_gaps_only():
+    assert problems_of('''\
+        [pod]
+        name = "t"
+        root = "/srv/t"
+        accept_gaps = ["proc-read", "ptrace-all"]
+        [pea.a.files]
+        "/" = "r"
+        ''') == ['p.toml:4: accept_gaps names an unknown gap "ptrace-all" '
+                 '(known: proc-read, abstract-unix, ipc-after-transition)']
+    assert problems_of('[pod]\nname = "t"\nroot = "/srv/t"\naccept_gaps = "proc-read"\n'
+                       '[pea.a.files]\n"/" = "r"\n') == [
+        "p.toml:4: accept_gaps must be an array of strings "
+        "(of proc-read, abstract-unix, ipc-after-transition)"]
+
+
+def test_a_pod_of_several_peas_names_the_gaps_it_has_not_accepted():
+    two = '[pea.a.files]\n"/" = "r"\n[pea.b.files]\n"/" = "r"\n'
+    pod = '[pod]\nname = "t"\nroot = "/srv/t"\ndefault_pea = "a"\n'
+    assert policy_of(pod + two).unaccepted_gaps() == [
+        "proc-read", "abstract-unix", "ipc-after-transition"]
+    assert policy_of(pod + 'accept_gaps = ["ipc-after-transition", "proc-read"]\n'
+                     + two).unaccepted_gaps() == ["abstract-unix"]
+    assert policy_of(MINIMAL).unaccepted_gaps() == []    # one pea: nothing to separate
