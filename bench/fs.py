@@ -11,7 +11,12 @@ figure is the median of the repetitions:
   beforehand (``read_open_warm``: the page cache alone, no open or close),
 - untar of a tar of that tree into a fresh directory,
 - create then delete of 10 000 small files,
-- 1 GiB sequential write (with fsync) and cold sequential read.
+- 1 GiB sequential write (with fsync) and cold sequential read,
+- the latency of small warm reads (stat, open, read 4 KiB, close) alone and
+  while two other processes write and fsync in a loop (``read_p99_idle``,
+  ``read_p99_fsync``, the 99th percentile of one read, and the medians
+  ``read_p50_*``). On the PeaFS leg the writers run in another pea: the
+  figure says whether one pea's fsyncs hold up another pea's requests.
 
 ``--quick``: 1 000 files, 64 MiB, one repetition.
 
@@ -37,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -174,6 +180,33 @@ def worker(workload: str, target: str, extra: list[str]) -> dict:
         finally:
             os.close(fd)
         return {"seq_write": t() - t0}
+    if workload == "fsync_writer":
+        # Until killed: 64 KiB written and fsync'ed, over an 8 MiB file.
+        fd = os.open(os.path.join(target, f"sync{os.getpid()}"),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        buf = os.urandom(64 << 10)
+        print("writing", flush=True)
+        off = 0
+        while True:
+            os.pwrite(fd, buf, off)
+            os.fsync(fd)
+            off = (off + len(buf)) % (8 << 20)
+    if workload == "latency":
+        count, tag = int(extra[0]), extra[1]
+        paths = _tree_files(target)[:200]
+        _read_all(paths)  # warm
+        lat = []
+        for i in range(count):
+            p = paths[i % len(paths)]
+            t0 = t()
+            os.stat(p)
+            fd = os.open(p, os.O_RDONLY)
+            os.read(fd, 4096)
+            os.close(fd)
+            lat.append(t() - t0)
+        lat.sort()
+        return {f"read_p50_{tag}": lat[len(lat) // 2],
+                f"read_p99_{tag}": lat[min(len(lat) - 1, len(lat) * 99 // 100)]}
     if workload == "seq_read":
         t0 = t()
         n = _read_all([os.path.join(target, "big")])
@@ -272,6 +305,7 @@ class Legs:
             f'[pod]\nname = "{self.pod}"\nroot = "{self.staging}"\n'
             f"uid_map = [[0, {POD_UID_BASE}, 65536]]\ngid_map = [[0, {POD_UID_BASE}, 65536]]\n"
             'default_pea = "bench"\n\n[pea.bench.files]\n"/" = "rwx"\n'
+            '\n[pea.writer.files]\n"/" = "rwx"\n'
         )
         self.procs["bindfs"] = subprocess.Popen(
             ["bindfs", "-f", "-o", "allow_other", str(self.bindfs_src), str(self.dirs["bindfs"])])
@@ -288,11 +322,43 @@ class Legs:
             _unmount(self.dirs[leg], self.procs.get(leg), peafs=(leg == "peafs"))
         return False
 
-    def run(self, leg: str, workload: str, target: str, extra: list[str]) -> dict:
+    def _cmd(self, leg: str, workload: str, target: str, extra: list[str],
+             pea: str = "bench") -> list[str]:
         cmd = [WORKER_PYTHON, "-I", "-S", str(Path(__file__).resolve()),
                "--worker", workload, target, *extra]
         if leg == "peafs":
-            cmd = _peafs_cli() + ["run", str(self.dirs["peafs"]), "--pea", "bench", "--"] + cmd
+            cmd = _peafs_cli() + ["run", str(self.dirs["peafs"]), "--pea", pea, "--"] + cmd
+        return cmd
+
+    def run_beside_writers(self, leg: str, writers: int, target: str, extra: list[str]) -> dict:
+        """The latency workload while ``writers`` fsync loops run (in the
+        PeaFS leg: in pea "writer", the reader in pea "bench")."""
+        procs = []
+        try:
+            for _ in range(writers):
+                # A session of its own: the kill reaches the worker behind
+                # `peafs run` too (its child, in the same process group).
+                procs.append(subprocess.Popen(
+                    self._cmd(leg, "fsync_writer", str(self.dirs[leg]), [], pea="writer"),
+                    stdout=subprocess.PIPE, text=True, start_new_session=True))
+            for p in procs:
+                if p.stdout.readline().strip() != "writing":
+                    raise RuntimeError(f"{leg} fsync writer did not start")
+            return self.run(leg, "latency", target, extra)
+        finally:
+            for p in procs:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for p in procs:
+                p.wait(timeout=60)
+                p.stdout.close()
+            for f in Path(self.dirs[leg]).glob("sync*"):
+                f.unlink()
+
+    def run(self, leg: str, workload: str, target: str, extra: list[str]) -> dict:
+        cmd = self._cmd(leg, workload, target, extra)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             raise RuntimeError(f"{leg} {workload} failed ({r.returncode}): {r.stderr.strip()}")
@@ -305,6 +371,7 @@ def run(args) -> dict:
     small = 1000 if quick else 10000
     size = (64 if quick else 1024) << 20
     reps = 1 if quick else 3
+    latency_reads = 1000 if quick else 5000
     # PEAPOD_BENCH_FS_LEGS=native,bindfs: run without PeaFS (to check the harness itself).
     legs_order = tuple(os.environ.get("PEAPOD_BENCH_FS_LEGS", "native,bindfs,peafs").split(","))
     times: dict[str, dict[str, list[float]]] = {}
@@ -334,6 +401,13 @@ def run(args) -> dict:
                             _drop_caches()
                         for name, secs in legs.run(leg, workload, target, extra).items():
                             times.setdefault(name, {}).setdefault(leg, []).append(secs)
+                for leg in legs_order:
+                    target = os.path.join(str(legs.dirs[leg]), "tree")
+                    got = legs.run(leg, "latency", target, [str(latency_reads), "idle"])
+                    got.update(legs.run_beside_writers(leg, 2, target,
+                                                       [str(latency_reads), "fsync"]))
+                    for name, secs in got.items():
+                        times.setdefault(name, {}).setdefault(leg, []).append(secs)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
