@@ -21,7 +21,6 @@ host's /usr bound read-only, $PEAPOD_RUN in a temporary directory.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil

@@ -41,7 +41,6 @@ import select
 import signal
 import socket
 import sys
-import time
 
 from pods import namespaces as ns
 from pods import netns, rootfs

@@ -52,14 +52,12 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
-import json
 import os
 import select
 import signal
 import socket
 import struct
 import sys
-import termios
 
 from pods import namespaces as ns
 from pods.control import recv_msg, send_msg

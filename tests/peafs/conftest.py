@@ -36,7 +36,6 @@ pea (as host root, no user namespace) for tests that need that.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

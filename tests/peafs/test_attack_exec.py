@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import shutil
 
-from helpers_attack import policy, py_cmd, run_py
+from helpers_attack import policy, run_py
 
 POLICY = policy('''
 [pea.confined.files]

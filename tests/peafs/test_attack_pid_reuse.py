@@ -11,11 +11,10 @@ may take P first, so it retries, a bounded number of times.
 from __future__ import annotations
 
 import json
-import os
 import select
 import subprocess
 
-from helpers_attack import MARK, PY, policy, popen_in_pea, py_cmd, results, run_py
+from helpers_attack import MARK, policy, popen_in_pea, py_cmd, results, run_py
 
 POLICY = policy('''
 [pea.a.files]

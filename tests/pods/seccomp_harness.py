@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import errno
 import fcntl
 import mmap
 import os
@@ -38,7 +37,7 @@ import time
 import trio
 
 from peafs import cgroup
-from pods import notify, seccomp
+from pods import seccomp
 from pods import netbpf
 from pods.supervisor import Supervisor
 

@@ -13,7 +13,6 @@ import errno
 import os
 import signal
 
-import pytest
 import trio
 
 from tests.pods.seccomp_harness import Pea, fake_pod

@@ -9,7 +9,6 @@ cgroup ownership refuse.
 
 from __future__ import annotations
 
-import os
 
 PRELUDE = r'''
 import ctypes, errno, os
