@@ -113,7 +113,6 @@ class InodeTable:
         self._next_id = ROOT_ID + 1
         self.fd_cache = max(MIN_FD_CACHE, fd_cache)
         self._cached: OrderedDict[Inode, None] = OrderedDict()   # LRU first
-        self.pinned = 0                     # descriptors of objects without handles
         # open_by_handle_at wants a descriptor on the object's mount that is
         # not O_PATH: one directory per mount id, opened when first met.
         self._mount_fds: dict[int, int | None] = {}
@@ -129,11 +128,6 @@ class InodeTable:
 
     def __len__(self) -> int:
         return len(self._by_id)
-
-    def descriptors(self) -> int:
-        """Descriptors the table holds now (bounded: cache + pinned + mounts)."""
-        return 1 + len(self._cached) + self.pinned + sum(
-            fd is not None for fd in self._mount_fds.values())
 
     # -- descriptors ---------------------------------------------------------
 
@@ -177,9 +171,7 @@ class InodeTable:
         fd, ino._fd = ino._fd, None
         if fd is None:
             return
-        if ino.handle is None:
-            self.pinned -= 1
-        else:
+        if ino.handle is not None:
             del self._cached[ino]
         os.close(fd)
 
@@ -251,8 +243,7 @@ class InodeTable:
         self._by_key[key] = ino
         self._by_id[ino.id] = ino
         if handle is None:
-            ino._fd = fd
-            self.pinned += 1
+            ino._fd = fd            # pinned: never evicted
         else:
             self._cache(ino, fd)
         return ino
