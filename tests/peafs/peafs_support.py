@@ -119,17 +119,29 @@ class PeaMount:
                                capture_output=True, timeout=30)
 
 
-def kill_pod(pod: str) -> None:
+def _kill_until_empty(pids_of) -> None:
+    """SIGKILL what ``pids_of()`` lists until it lists nothing (bounded)."""
     for _ in range(50):
-        pids = cgroup.pids_in(pod)
+        pids = pids_of()
         if not pids:
-            break
+            return
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         time.sleep(0.05)
+
+
+def kill_pea(pod: str, pea: str) -> None:
+    """Kill every process of one pea; the mount and the other peas stay."""
+    procs = cgroup.pea_cgroup(pod, pea) / "cgroup.procs"
+    _kill_until_empty(lambda: [int(x) for x in procs.read_text().split()]
+                      if procs.exists() else [])
+
+
+def kill_pod(pod: str) -> None:
+    _kill_until_empty(lambda: cgroup.pids_in(pod))
     try:
         cgroup.remove_pod(pod)
     except cgroup.CgroupError:

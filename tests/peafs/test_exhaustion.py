@@ -24,13 +24,10 @@ import errno
 import json
 import os
 import select
-import signal
 import subprocess
-import time
-
-from peafs import cgroup
 
 from helpers_attack import MARK, policy, popen_in_pea, py_cmd, run_py
+from peafs_support import kill_pea
 
 POLICY = policy('''
 [pea.attacker.files]
@@ -141,20 +138,6 @@ def test_twenty_thousand_files_in_one_pea_leave_another_pea_working(peafs_mount,
     assert len(os.listdir(m.root / "spool")) == 20500
 
 
-def _kill_pea(m, pea: str) -> None:
-    procs = cgroup.pea_cgroup(m.pod, pea) / "cgroup.procs"
-    for _ in range(50):
-        pids = [int(x) for x in procs.read_text().split()] if procs.exists() else []
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-
-
 def _read_report(proc: subprocess.Popen, timeout: float = 120) -> dict | None:
     """The attacker's report line (None if it died or stayed silent)."""
     buf = b""
@@ -209,7 +192,7 @@ def test_a_pea_holding_files_open_cannot_starve_another(peafs_mount, tmp_path):
         again = run_py(m, "attacker", OPEN_AGAIN, enter=False, timeout=60)
         assert again["last"] == "OK", again
     finally:
-        _kill_pea(m, "attacker")             # the pod processes themselves ...
+        kill_pea(m.pod, "attacker")             # the pod processes themselves ...
         for p in holders:                    # ... and their `peafs run` parents
             if p.poll() is None:
                 p.kill()
