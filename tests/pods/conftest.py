@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import itertools
 import random
 import shutil
 import subprocess
@@ -53,6 +54,13 @@ def make_staging(base: Path) -> Path:
         os.symlink(f"usr/{link}", root / link)
     return root
 
+
+
+# Host id ranges, one per pod of this test run: drawn at random they
+# collided now and then between two pods alive at once (`pod start` then
+# rightly refuses the second). A counter from a random start never repeats
+# within a run, and differs from run to run.
+_RANGES = itertools.count(random.randrange(2000))
 
 class Pod:
     def __init__(self, factory: "PodFactory", name: str, policy: Path, root: Path, base: int,
@@ -119,7 +127,7 @@ class PodFactory:
         name = name or f"p{os.getpid() % 100000}{random.randrange(1 << 16):04x}"
         d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.base))
         root = root or make_staging(d)
-        base = base or 1_000_000 + random.randrange(2000) * 65536
+        base = base or 1_000_000 + next(_RANGES) % 2000 * 65536
         lines = ["[pod]", f'name = "{name}"', f'hostname = "{name}-host"',
                  f"root = {json.dumps(str(root))}",
                  f"uid_map = [[0, {base}, 65536]]", f"gid_map = [[0, {base}, 65536]]",
