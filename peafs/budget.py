@@ -18,8 +18,7 @@ from __future__ import annotations
 
 class OpenBudget:
     def __init__(self, total: int, peas) -> None:
-        self.total = max(1, total)
-        self.share = max(1, self.total // max(1, len(peas)))
+        self.share = max(1, total // max(1, len(peas)))
         self.held: dict[str, int] = {}
 
     def take(self, pea: str) -> bool:

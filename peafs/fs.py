@@ -542,6 +542,11 @@ class PeaFS(pyfuse3.Operations):
         self.open_fds[fd] = (pea.name, st_dev == self.root_dev)
         return fd
 
+    def _is_local(self, fh: int) -> bool:
+        """Whether open file ``fh`` is on the staging root's file system."""
+        held = self.open_fds.get(fh)
+        return held is not None and held[1]
+
     @handler
     def open(self, inode_id, flags, ctx):
         ino = self.table[inode_id]
@@ -604,14 +609,14 @@ class PeaFS(pyfuse3.Operations):
         # be; one that would wait for the disk (EAGAIN), or whose file
         # system cannot say (EOPNOTSUPP: FUSE, NFS), and any read of a file
         # on another file system, goes to a worker thread.
-        local = self.open_fds.get(fh, ("", False))[1]
+        local = self._is_local(fh)
         if local and size < LARGE_IO:
             return os.pread(fh, size, off)
         if local:
             buf = bytearray(size)
             try:
                 n = os.preadv(fh, [buf], off, os.RWF_NOWAIT)
-            except (BlockingIOError, OSError) as e:
+            except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EOPNOTSUPP):
                     raise
             else:
@@ -623,7 +628,7 @@ class PeaFS(pyfuse3.Operations):
 
     @handler
     async def write(self, fh, off, buf):
-        if len(buf) < LARGE_IO and self.open_fds.get(fh, ("", False))[1]:
+        if len(buf) < LARGE_IO and self._is_local(fh):
             return os.pwrite(fh, buf, off)
         return await off_loop(os.pwrite, fh, buf, off)
 

@@ -39,11 +39,8 @@ class LinkStore:
             raise ValueError(f"{self.path}: not JSON ({e})") from None
         self.policy.restore_links(data)
 
-    def save(self) -> None:
-        self._write(self._encode())
-
     async def save_off_loop(self) -> None:
-        """``save()``, with the write and its fsync in a worker thread.
+        """Write the link rules (write, fsync, rename) from a worker thread.
         Returns once a write that began after the caller's change is on
         disk (so an acknowledged link keeps its rule across a crash)."""
         self._wanted += 1
