@@ -19,6 +19,9 @@ try:  # lifecycle commands (start, exec, ps, list, stop) arrive with pods/lifecy
     from pods import lifecycle_cmd
 
     _GROUPS.append(lifecycle_cmd)
+    from pods import service_cmd
+
+    _GROUPS.append(service_cmd)
 except ImportError:  # pragma: no cover - only while the module does not exist yet
     pass
 

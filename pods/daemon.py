@@ -15,8 +15,9 @@ lock for its whole life (liveness = the flock, see pods/runtime.py) and:
 5. serves, in one trio nursery: PeaFS, the seccomp-notify supervisor
    (pods/supervisor.py, when present) and the control socket
    (pods/control.py); each `pod exec` spawns a tagger (pods/tagger.py);
-6. starts the policy's ``init`` program through the tagger and tells
-   `pod start` "ok" through the ready pipe;
+6. starts the policy's services (pods/services.py) through the tagger and
+   tells `pod start` "ok" through the ready pipe once they run (or the
+   error that stopped one);
 7. when pid 1 ends or `pod stop` asks: TERM to pid 1 (which forwards it to
    every pod process), SIGKILL through cgroup.kill after the timeout, then
    unmounts, removes cgroups, the veth and every runtime file, and exits.
@@ -51,7 +52,7 @@ import trio
 import rules
 from peafs import cgroup
 from peafs.execwatch import process_exited
-from pods import control, limits, netbpf, netns, rootfs, runtime
+from pods import control, limits, netbpf, netns, podusers, rootfs, runtime, services
 from pods import namespaces as ns
 
 # No fallback: a pod never runs without its supervisor (fail closed).
@@ -119,6 +120,8 @@ class PodDaemon:
         self.active_execs = 0
         self.state: dict = {}
         self.cgroup_files: dict[str, list[str]] = {}
+        self.services: services.ServiceManager | None = None
+        self.service_log: services.ServiceLog | None = None
 
     # ---------------------------------------------------------- setup (sync)
 
@@ -154,17 +157,19 @@ class PodDaemon:
         except OSError as e:
             raise StartError(f"staging directory {self.policy.root}: {e.strerror or e}") from e
         self.mnt.mkdir(mode=0o700, exist_ok=True)
+        # Link rules, the audit log and the services' log outlive the pod
+        # (pods/runtime.py).
+        lasting = runtime.lasting_dir(self.policy.root)
+        try:
+            lasting.mkdir(mode=0o700, exist_ok=True)
+            self.service_log = services.ServiceLog(services.log_path(lasting))
+        except OSError as e:
+            raise StartError(f"state directory {lasting}: {e.strerror or e}") from e
         if self.bind_root:
             rootfs.bind_pod_root(self.policy.root, self.mnt)
         else:
             from peafs.session import PeaFSSession
 
-            # Link rules and the audit log outlive the pod (pods/runtime.py).
-            lasting = runtime.lasting_dir(self.policy.root)
-            try:
-                lasting.mkdir(mode=0o700, exist_ok=True)
-            except OSError as e:
-                raise StartError(f"state directory {lasting}: {e.strerror or e}") from e
             self.session = PeaFSSession(self.policy.root, self.mnt, self.policy, lasting)
             try:
                 self.session.mount()
@@ -329,9 +334,11 @@ class PodDaemon:
             return fd
 
     async def run_tagger(self, argv, pea, uid, gid, stdio, *, tty=False, winsize=None,
-                         term="", client=None) -> dict:
+                         term="", client=None, on_spawned=None, on_started=None) -> dict:
         """Spawn a tagger for argv, relay its messages; return the final one
-        ({"exit": ...} or {"error": ...})."""
+        ({"exit": ...} or {"error": ...}). ``on_spawned()`` runs once the
+        tagger holds its copies of ``stdio``, ``on_started(msg)`` when the
+        program runs (pods/services.py)."""
         try:
             ipc = await self.pea_ipc_ns(pea)
         except OSError as e:
@@ -355,6 +362,8 @@ class PodDaemon:
                                env=child_env(), cwd="/")
         finally:
             theirs.close()
+            if on_spawned is not None:
+                on_spawned()
         proc_pidfd = os.pidfd_open(proc.pid)
         tsock = trio.socket.from_stdlib_socket(mine)
         final: dict = {"error": "the tagger died", "status": 126}
@@ -373,6 +382,8 @@ class PodDaemon:
                     for fd in fds:
                         os.close(fd)
                     if "started" in msg:
+                        if on_started is not None:
+                            on_started(msg)
                         if client is not None:
                             await control.asend_msg(client, msg)
                         continue
@@ -432,6 +443,8 @@ class PodDaemon:
                 self.stop_event.set()
             elif op == "exec":
                 await self._exec(conn, msg, fds)
+            elif op == "status":
+                await control.asend_msg(conn, self.status())
             else:
                 await control.asend_msg(conn, {"error": f"unknown op {op!r}", "status": 2})
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -443,6 +456,12 @@ class PodDaemon:
                 except OSError:
                     pass
             conn.close()
+
+    def status(self) -> dict:
+        return {"ok": True, "name": self.name, "daemon_pid": os.getpid(),
+                "state": self.state.get("state"), "started": self.state.get("started"),
+                "init_pid": self.init_pid, "peas": list(self.policy.peas),
+                "services": self.services.status() if self.services is not None else []}
 
     async def _exec(self, conn, msg, fds) -> None:
         self.active_execs += 1
@@ -467,17 +486,21 @@ class PodDaemon:
                                       client=conn)
         await control.asend_msg(conn, final)
 
-    async def run_policy_init(self) -> None:
-        log = os.open(self.dir / "init.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                      0o600)
-        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            final = await self.run_tagger(list(self.policy.init), self.policy.default_pea,
-                                          0, 0, [null, log, log])
-        finally:
-            os.close(log)
-            os.close(null)
-        print(f"pod {self.name}: init {list(self.policy.init)} ended: {final}", file=sys.stderr)
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event is not None and self.stop_event.is_set()
+
+    def resolve_user(self, user) -> tuple[int, int]:
+        """(uid, gid) in the pod of a service's ``user``: a pod uid, or a
+        name from the pod's /etc/passwd (pods/podusers.py)."""
+        if isinstance(user, int):
+            _, uid, gid = self.check_exec(self.policy.default_pea, user)
+            return uid, gid
+        uid, gid = podusers.lookup(self.policy.root, user)
+        if not _mapped(self.policy.uid_map, uid) or not _mapped(self.policy.gid_map, gid):
+            raise podusers.UserError(f"user {user!r} ({uid}:{gid}) is not mapped in "
+                                     f"pod {self.name}")
+        return uid, gid
 
     # ----------------------------------------------------------------- serve
 
@@ -518,15 +541,24 @@ class PodDaemon:
                 listener.listen(64)
                 nursery.start_soon(self._accept, listener, nursery)
                 self.state.update(init_pid=self.init_pid, keeper_pid=self.keeper.pid,
-                                  veth=self.veth, state="running")
+                                  veth=self.veth)
                 runtime.write_state(self.name, self.state)
-                if self.policy.init:
-                    nursery.start_soon(self.run_policy_init)
-                _report(ready_fd, "ok")
-                ready_fd = -1
                 nursery.start_soon(self._watch_init)
                 nursery.start_soon(self._net_audit)
                 nursery.start_soon(self._watch_signals)
+                # `pod start` succeeds only once the services run (honest start).
+                self.services = services.ServiceManager(self, self.policy.services,
+                                                        self.service_log)
+                try:
+                    await self.services.start(nursery)
+                except RuntimeError as e:
+                    raise StartError(str(e)) from None
+                if self.stopping:
+                    raise StartError("stopped while its services started")
+                self.state["state"] = "running"
+                runtime.write_state(self.name, self.state)
+                _report(ready_fd, "ok")
+                ready_fd = -1
                 await self.stop_event.wait()
                 self.state["state"] = "stopping"
                 runtime.write_state(self.name, self.state)
@@ -603,6 +635,8 @@ class PodDaemon:
         if self.net_queue is not None:
             os.close(self.net_queue)
             self.net_queue = None
+        if self.service_log is not None:
+            self.service_log.close()
         if self.session is not None:
             try:
                 self.session.close()
@@ -703,8 +737,11 @@ def main(argv=None) -> int:
                     "uid_map": [list(r) for r in policy.uid_map],
                     "gid_map": [list(r) for r in policy.gid_map],
                     "peas": list(policy.peas), "default_pea": policy.default_pea,
+                    "services": [sv.name for sv in policy.services],
                     "pod_root": "bind" if args.bind_root else "peafs",
-                    "started": time.time(), "state": "starting"}
+                    "started": time.time(), "state": "starting",
+                    "net": ({"ip": policy.net.ip, "host_ip": policy.net.host_ip,
+                             "prefixlen": policy.net.prefixlen} if policy.net else None)}
     runtime.write_state(policy.name, daemon.state)
     code = 0
     try:

@@ -101,6 +101,9 @@ def _start_checks(policy) -> str | None:
         return problem
     if runtime.is_alive(policy.name):
         return f"pod {policy.name} is already running"
+    problem = _conflicts(policy)
+    if problem:
+        return problem
     mine_u = [list(r) for r in policy.uid_map]
     mine_g = [list(r) for r in policy.gid_map]
     for other in runtime.pod_names():
@@ -110,6 +113,44 @@ def _start_checks(policy) -> str | None:
         if _overlap(mine_u, st.get("uid_map", [])) or _overlap(mine_g, st.get("gid_map", [])):
             return (f"the id ranges of pod {policy.name} overlap those of running pod "
                     f"{other}: pods must not share host ids")
+    return None
+
+
+def _conflicts(policy) -> str | None:
+    """What another running pod, or the host, already holds of this pod's:
+    its root (two pods serving one tree would write over each other's files
+    and share one audit log) and its addresses (a second veth with the same
+    address starts and is unreachable)."""
+    import ipaddress
+
+    from pods import netns
+
+    root = Path(policy.root).resolve()
+    net = ipaddress.ip_interface(policy.net.address).network if policy.net else None
+    for other in runtime.pod_names():
+        if other == policy.name or not runtime.is_alive(other):
+            continue
+        st = runtime.read_state(other) or {}
+        if st.get("root") and Path(st["root"]).resolve() == root:
+            return f"root {policy.root} is already served by running pod {other}"
+        theirs = st.get("net")
+        if net is not None and theirs:
+            their_net = ipaddress.ip_network(f"{theirs['ip']}/{theirs['prefixlen']}",
+                                             strict=False)
+            if net.overlaps(their_net):
+                return (f"[pod.net] address {policy.net.address}: network {net} overlaps "
+                        f"network {their_net} of running pod {other}")
+    if net is not None:
+        try:
+            held = netns.address_owners()
+        except OSError as e:
+            return f"cannot list the host's addresses: {e}"
+        ours = netns.host_ifname(policy.name)  # a dead pod's leftover: removed at start
+        for addr, what in ((policy.net.ip, "address"), (policy.net.host_ip, "host-side address")):
+            iface = held.get(addr)
+            if iface is not None and iface != ours:
+                return (f"[pod.net] {what} {addr} is already on host interface {iface}: "
+                        f"choose a network the host does not use")
     return None
 
 
@@ -171,6 +212,11 @@ def _spawn_daemon(policy, args, d: Path) -> int:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 pass_fds=[ready_w, pod_lock], start_new_session=True,
                                 env=env, cwd="/")
+        if args.foreground:
+            # From here a TERM (systemd's stop, a shell's kill) must reach
+            # the daemon as an orderly stop, not kill us before we pass it on.
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, lambda signum, _f: _pass_on(proc, signum))
     finally:
         os.close(ready_w)
         os.close(log)
@@ -190,7 +236,9 @@ def _spawn_daemon(policy, args, d: Path) -> int:
     os.close(ready_r)
     text = answer.decode(errors="replace").strip()
     if text == "ok":
-        print(policy.name)
+        print(policy.name, flush=True)
+        if args.foreground:
+            return _stay_in_foreground(policy.name, proc)
         return 0
     if not text:
         proc.kill()
@@ -211,6 +259,45 @@ def _spawn_daemon(policy, args, d: Path) -> int:
     if log_text and os.environ.get("PEAPOD_DEBUG"):
         print(log_text, file=sys.stderr)
     return EXIT_USAGE
+
+
+def _pass_on(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        proc.send_signal(signum)    # the daemon stops the pod in order
+    except OSError:
+        pass
+    _notify("STOPPING=1")
+
+
+def _notify(text: str) -> None:
+    """A datagram to systemd's $NOTIFY_SOCKET (sd_notify(3)), if we run
+    under a unit of Type=notify; nothing otherwise."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path or path[0] not in "/@":
+        return
+    addr = "\0" + path[1:] if path[0] == "@" else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(text.encode(), addr)
+    except OSError:
+        pass    # a service manager that went away is no reason to stop the pod
+
+
+def _stay_in_foreground(name: str, proc: subprocess.Popen) -> int:
+    """`pod start --foreground`: live as long as the pod's daemon. 0 after an
+    orderly stop (`pod stop`, a TERM to us or to the daemon), 1 if the pod
+    failed (its daemon died or reported an error)."""
+    _notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=pod {name} runs")
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except InterruptedError:
+            continue
+    if code == 0:
+        return 0
+    _err(f"pod {name} failed: {death_reason(name)}")
+    return 1
 
 
 # ------------------------------------------------------------------ exec
@@ -522,6 +609,10 @@ def register(sub) -> None:
     p.add_argument("policy", metavar="POLICY", help="the pod's policy file (TOML)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for the pod to run (default 60)")
+    p.add_argument("--foreground", action="store_true",
+                   help="stay until the pod stops (for a service manager): TERM stops the "
+                        "pod in order; exit 0 after an orderly stop, 1 if the pod failed; "
+                        "tells systemd READY=1 through $NOTIFY_SOCKET once the pod runs")
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("exec", help="run a command in a running pod",

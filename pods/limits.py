@@ -144,3 +144,36 @@ def kill_all(pod: str) -> None:
             os.kill(pid, 9)
         except OSError:
             pass
+
+
+# The files that hold each controller's use and limit: cgroup2 names, then v1.
+_USAGE_FILES = {
+    "memory": (("memory.current", "memory.max"), ("memory.usage_in_bytes",
+                                                   "memory.limit_in_bytes")),
+    "pids": (("pids.current", "pids.max"), ("pids.current", "pids.max")),
+}
+# v1's memory.limit_in_bytes says "no limit" with a huge number (PAGE_COUNTER_MAX pages).
+_V1_UNLIMITED = 1 << 62
+
+
+def usage(pod: str) -> dict[str, dict[str, int | None]]:
+    """{"memory": {"current", "max"}, "pids": {...}} of the whole pod, in
+    bytes and processes; "max" None when there is no limit, an entry None
+    when the cgroup cannot be read (the pod is gone)."""
+    out: dict = {}
+    try:
+        where = placement()
+    except LimitError:
+        return {c: None for c in CONTROLLERS}
+    for c, mnt in where.items():
+        names = _USAGE_FILES[c][0 if mnt is None else 1]
+        d = cgroup.pod_cgroup(pod) if mnt is None else mnt / PREFIX / pod
+        try:
+            cur = int((d / names[0]).read_text())
+            raw = (d / names[1]).read_text().strip()
+        except (OSError, ValueError):
+            out[c] = None
+            continue
+        limit = None if raw == "max" or int(raw) >= _V1_UNLIMITED else int(raw)
+        out[c] = {"current": cur, "max": limit}
+    return out

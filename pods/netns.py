@@ -48,19 +48,23 @@ def _ip(*args: str, ns_pid: int | None = None) -> None:
         raise OSError(f"{' '.join(cmd)}: {r.stderr.strip()}")
 
 
-def host_addresses() -> list[str]:
-    """Every address of the host's network namespace (the daemon's: it
-    shares it), loopback's excepted: a pod's 127.0.0.1 is its own."""
+def address_owners() -> dict[str, str]:
+    """address -> name of the host interface that has it (loopback too)."""
     r = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=20)
     if r.returncode != 0:
         raise OSError(f"ip -j addr show: {r.stderr.strip()}")
-    out = set()
+    out = {}
     for iface in json.loads(r.stdout or "[]"):
         for a in iface.get("addr_info", []):
-            addr = a.get("local")
-            if addr and not ipaddress.ip_address(addr).is_loopback:
-                out.add(addr)
-    return sorted(out)
+            if a.get("local"):
+                out[a["local"]] = iface.get("ifname", "?")
+    return out
+
+
+def host_addresses() -> list[str]:
+    """Every address of the host's network namespace (the daemon's: it
+    shares it), loopback's excepted: a pod's 127.0.0.1 is its own."""
+    return sorted(a for a in address_owners() if not ipaddress.ip_address(a).is_loopback)
 
 
 def add_veth(pod: str, ns_pid: int, net) -> str:

@@ -7,13 +7,15 @@
             state.json           written by the daemon: pids, maps, policy file, veth
             control              the daemon's control socket (Unix, mode 0600)
             daemon.log           the daemon's stderr
-            init.log             output of the policy's init program
+            (the services' output: ROOT.peapod/services.log, below)
             mnt/                 mount point of the pod's PeaFS (in the daemon's mount ns)
 
     ROOT.peapod/                 next to the pod's staging directory ROOT (mode 0700):
         links.json               hard-link rules (kept across stops: they belong to
                                  the files of ROOT, see docs/SECURITY.md)
         audit.log                the pod's refusals, one JSON object per line
+        services.log(.1)         the services' output and the daemon's events about
+                                 them (pods/services.py), rotated at 8 MiB
 
 `pod stop` removes everything under $PEAPOD_RUN/pods/NAME and nothing of
 ROOT.peapod: a link made in one run must keep its rule in the next (else a

@@ -63,6 +63,23 @@ KNOWN_GAPS = {
 }
 
 
+class Service(NamedTuple):
+    """One program the pod's daemon runs and watches ([[pod.service]]).
+
+    ``user`` is a pod user name (looked up in the pod's /etc/passwd when the
+    service starts) or a pod uid; ``restart`` is "no", "on-failure" or
+    "always"."""
+
+    name: str
+    exec: tuple[str, ...]
+    pea: str
+    user: str | int = 0
+    restart: str = "on-failure"
+
+
+RESTART_POLICIES = ("no", "on-failure", "always")
+
+
 class Limits(NamedTuple):
     """Resource limits of the whole pod (None = no limit)."""
 
@@ -145,14 +162,15 @@ class Policy:
     """A loaded, valid policy: one pod and its peas (see docs/FORMAT.md)."""
 
     __slots__ = ("file", "name", "hostname", "root", "uid_map", "gid_map", "default_pea",
-                 "init", "mounts", "net", "limits", "accept_gaps", "peas", "_links",
-                 "_frozen")
+                 "init", "services", "mounts", "net", "limits", "accept_gaps", "peas",
+                 "_links", "_frozen")
 
     def __init__(self, *, file: Path | None, name: str, hostname: str, root: Path,
                  uid_map: tuple[IdRange, ...], gid_map: tuple[IdRange, ...],
                  default_pea: str, init: tuple[str, ...] | None, mounts: tuple[Mount, ...],
                  net: Net | None, limits: Limits, peas: dict[str, Pea],
-                 accept_gaps: frozenset[str] = frozenset()):
+                 accept_gaps: frozenset[str] = frozenset(),
+                 services: tuple[Service, ...] | None = None):
         self.file = file
         self.name = name
         self.hostname = hostname
@@ -161,6 +179,10 @@ class Policy:
         self.gid_map = tuple(gid_map)
         self.default_pea = default_pea
         self.init = init
+        # `init` is the one-service shorthand: a service "init", never restarted.
+        if services is None:
+            services = (Service("init", tuple(init), default_pea, 0, "no"),) if init else ()
+        self.services = tuple(services)
         self.mounts = tuple(mounts)
         self.net = net
         self.limits = limits

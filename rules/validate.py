@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 from .paths import path_problem
-from .policy import KNOWN_GAPS, IdRange, Limits, Mount, Net, Pea, Policy, normal_perm
+from .policy import (KNOWN_GAPS, RESTART_POLICIES, IdRange, Limits, Mount, Net, Pea, Policy,
+                     Service, normal_perm)
 
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}\Z")
 NAME_RULE = 'use a lower-case letter, then up to 30 lower-case letters, digits or "-"'
@@ -31,7 +32,12 @@ SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 TOP_KEYS = ("pod", "pea")
 POD_KEYS = ("name", "hostname", "root", "uid_map", "gid_map", "default_pea", "init",
-            "mount", "net", "limits", "accept_gaps")
+            "service", "mount", "net", "limits", "accept_gaps")
+SERVICE_KEYS = ("name", "exec", "pea", "user", "restart")
+# A user name as the shadow suite accepts it (useradd's default NAME_REGEX,
+# plus the trailing "$" of machine accounts): looked up in the pod's
+# /etc/passwd when the service starts.
+USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?\Z")
 MOUNT_KEYS = ("host", "path", "rw")
 POD_NET_KEYS = ("address", "host")
 LIMIT_KEYS = ("memory", "pids")
@@ -172,6 +178,7 @@ class Checker:
         gid_map = self.id_map(pod, "gid_map", uid_map)
         default_pea = self.default_pea(pod, peas)
         init = self.init(pod)
+        services = self.services(pod, peas, default_pea, init, uid_map or DEFAULT_ID_MAP)
         mounts = self.mounts(pod.get("mount"))
         net = self.net(pod.get("net"))
         limits = self.limits(pod.get("limits"))
@@ -179,7 +186,7 @@ class Checker:
         return dict(name=name or "", hostname=hostname or name or "", root=root,
                     uid_map=uid_map or DEFAULT_ID_MAP, gid_map=gid_map or DEFAULT_ID_MAP,
                     default_pea=default_pea or "", init=init, mounts=mounts, net=net,
-                    limits=limits, accept_gaps=accept_gaps)
+                    limits=limits, accept_gaps=accept_gaps, services=services)
 
     def accept_gaps(self, pod: dict) -> frozenset[str]:
         at = ("pod", "accept_gaps")
@@ -286,20 +293,98 @@ class Checker:
     def init(self, pod: dict) -> tuple[str, ...] | None:
         if "init" not in pod:
             return None
-        at = ("pod", "init")
-        value = pod["init"]
+        return self.program(pod["init"], ("pod", "init"), "init")
+
+    def program(self, value, at: tuple, what: str) -> tuple[str, ...] | None:
+        """A program and its arguments (``init``, a service's ``exec``)."""
         if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-            self.bad(at, "init must be a non-empty array of strings (program, then arguments)")
+            self.bad(at, f"{what} must be a non-empty array of strings (program, then arguments)")
             return None
-        ok = self.clean_path(value[0], at, "init program")
+        ok = self.clean_path(value[0], at, f"{what} program")
         if ok and value[0].endswith("/"):
-            self.bad(at, f"init program {quote(value[0])} ends with / (name the program)")
+            self.bad(at, f"{what} program {quote(value[0])} ends with / (name the program)")
             ok = False
         for arg in value[1:]:
             if "\0" in arg:
-                self.bad(at, "init argument contains a NUL character")
+                self.bad(at, f"{what} argument contains a NUL character")
                 ok = False
         return tuple(value) if ok else None
+
+    def services(self, pod: dict, peas: dict[str, Pea], default_pea: str | None,
+                 init: tuple[str, ...] | None, uid_map) -> tuple[Service, ...] | None:
+        """[[pod.service]] tables; None when there are none (``init``, if
+        given, is then the one service)."""
+        at = ("pod", "service")
+        value = pod.get("service")
+        if value is None:
+            return None
+        if "init" in pod:
+            self.bad(at, "[pod] has both init and [[pod.service]]: init is the shorthand for "
+                         "one service, use one or the other")
+            return None
+        if not isinstance(value, list):
+            self.bad(at, f"pod.service must be an array of tables ([[pod.service]]), "
+                         f"not {type_name(value)}")
+            return None
+        out = []
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(value):
+            where = f"[[pod.service]] #{i + 1}"
+            entry = self.table(entry, at + (i,), SERVICE_KEYS, where)
+            if entry is None:
+                continue
+            ok = True
+            name = self.typed(entry, at + (i,), "name", str, "a string")
+            if "name" not in entry:
+                self.bad(at + (i,), f'{where} has no "name"')
+                ok = False
+            elif name is None or not self.name(name, at + (i, "name"), "service name"):
+                ok = False
+            elif name in seen:
+                self.bad(at + (i, "name"), f"service name {quote(name)} is already used by "
+                                           f"[[pod.service]] #{seen[name]}")
+                ok = False
+            else:
+                seen[name] = i + 1
+            argv = None
+            if "exec" not in entry:
+                self.bad(at + (i,), f'{where} has no "exec" (program, then arguments)')
+            else:
+                argv = self.program(entry["exec"], at + (i, "exec"), "exec")
+            ok = ok and argv is not None
+            pea = default_pea
+            if "pea" in entry:
+                pea = self.typed(entry, at + (i,), "pea", str, "a string")
+                if pea is not None and peas and pea not in peas:
+                    self.bad(at + (i, "pea"), f"pea {quote(pea)} names no pea "
+                                              f"(peas: {', '.join(peas)})")
+                    pea = None
+                ok = ok and pea is not None
+            user: str | int = 0
+            if "user" in entry:
+                raw = entry["user"]
+                if type(raw) is int:
+                    if not any(r.inside <= raw < r.inside + r.count for r in uid_map):
+                        self.bad(at + (i, "user"), f"user {raw} is not mapped by uid_map")
+                        ok = False
+                    user = raw
+                elif isinstance(raw, str) and USER_RE.match(raw):
+                    user = raw
+                else:
+                    self.bad(at + (i, "user"), f"user {_show(raw)} is neither a pod uid nor a "
+                             "user name (letters, digits, \"_\", \".\", \"-\")")
+                    ok = False
+            restart = "on-failure"
+            if "restart" in entry:
+                restart = self.typed(entry, at + (i,), "restart", str, "a string")
+                if restart is not None and restart not in RESTART_POLICIES:
+                    self.bad(at + (i, "restart"), f"restart {quote(restart)} is not one of "
+                             + ", ".join(quote(r) for r in RESTART_POLICIES))
+                    restart = None
+                ok = ok and restart is not None
+            if ok:
+                out.append(Service(name, argv, pea or "", user, restart))
+        return tuple(out)
 
     def mounts(self, value) -> tuple[Mount, ...]:
         at = ("pod", "mount")

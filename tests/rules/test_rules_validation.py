@@ -7,10 +7,13 @@ list of FILE:LINE: message strings.
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
 import rules
 from rules import source
+from rules.policy import Service
 
 from rules_helpers import MINIMAL, policy_of, problems_of
 
@@ -136,7 +139,7 @@ def test_unknown_keys_at_every_level_are_all_reported():
     assert problems_of(text) == [
         'p.toml:1: unknown key "colour" at the top level (expected [pod] and [pea.NAME] tables)',
         'p.toml:5: unknown key "rooot" in [pod] (expected name, hostname, root, uid_map, '
-        "gid_map, default_pea, init, mount, net, limits, accept_gaps)",
+        "gid_map, default_pea, init, service, mount, net, limits, accept_gaps)",
         'p.toml:9: unknown key "ro" in [[pod.mount]] #1 (expected host, path, rw)',
         'p.toml:12: unknown key "gateway" in [pod.net] (expected address, host)',
         'p.toml:14: unknown key "cpu" in [pod.limits] (expected memory, pids)',
@@ -621,3 +624,43 @@ def test_a_pod_of_several_peas_names_the_gaps_it_has_not_accepted():
     assert policy_of(pod + 'accept_gaps = ["ipc-after-transition", "proc-read"]\n'
                      + two).unaccepted_gaps() == ["abstract-unix"]
     assert policy_of(MINIMAL).unaccepted_gaps() == []    # one pea: nothing to separate
+
+
+def test_services_are_checked_each_problem_at_its_line():
+    text = MINIMAL + textwrap.dedent('''
+        [[pod.service]]
+        name = "web"
+        exec = ["/usr/sbin/nginx"]
+        user = "www-data"
+        [[pod.service]]
+        name = "web"
+        exec = "nginx"
+        restart = "sometimes"
+        user = 5000000
+        pea = "nope"
+        [[pod.service]]
+        exec = ["usr/bin/app"]
+        user = "a b"
+        ''')
+    assert problems_of(text) == [
+        'p.toml:13: service name "web" is already used by [[pod.service]] #1',
+        "p.toml:14: exec must be a non-empty array of strings (program, then arguments)",
+        'p.toml:15: restart "sometimes" is not one of "no", "on-failure", "always"',
+        "p.toml:16: user 5000000 is not mapped by uid_map",
+        'p.toml:17: pea "nope" names no pea (peas: a)',
+        'p.toml:18: [[pod.service]] #3 has no "name"',
+        'p.toml:19: exec program "usr/bin/app" is relative (it must start with /)',
+        'p.toml:20: user "a b" is neither a pod uid nor a user name (letters, digits, "_", '
+        '".", "-")',
+    ]
+
+
+def test_init_is_the_one_service_shorthand_and_excludes_service_tables():
+    policy = rules.loads(MINIMAL.replace('root = "/srv/t"', 'root = "/srv/t"\ninit = ["/bin/x"]'),
+                         "p.toml")
+    assert policy.services == (Service("init", ("/bin/x",), "a", 0, "no"),)
+    text = MINIMAL.replace('root = "/srv/t"', 'root = "/srv/t"\ninit = ["/bin/x"]') + \
+        '\n[[pod.service]]\nname = "s"\nexec = ["/bin/y"]\n'
+    assert problems_of(text) == [
+        "p.toml:9: [pod] has both init and [[pod.service]]: init is the shorthand for one "
+        "service, use one or the other"]
