@@ -143,7 +143,7 @@ class PodDaemon:
             cgroup.ensure_peas(self.name, self.policy.peas)
             limits.setup(self.name, self.policy.limits.memory, self.policy.limits.pids)
         except (cgroup.CgroupError, limits.LimitError, OSError) as e:
-            raise StartError(f"cgroups: {e}") from e
+            raise StartError(f"cgroups: {getattr(e, 'strerror', None) or e}") from e
         v1 = [str(d / "cgroup.procs") for d in limits.v1_dirs(self.name)]
         for pea in self.policy.peas:
             self.cgroup_files[pea] = [str(cgroup.pea_cgroup(self.name, pea) / "cgroup.procs"), *v1]
@@ -169,7 +169,8 @@ class PodDaemon:
             try:
                 self.session.mount()
             except Exception as e:  # noqa: BLE001 - reported as a start failure
-                raise StartError(f"PeaFS mount on {self.mnt}: {e}") from e
+                raise StartError(f"PeaFS mount on {self.mnt}: "
+                                 f"{getattr(e, 'strerror', None) or e}") from e
 
     # --------------------------------------------------------- the pod (async)
 
@@ -211,12 +212,13 @@ class PodDaemon:
                     self.veth = await trio.to_thread.run_sync(
                         netns.add_veth, self.name, pid, self.policy.net)
                 except OSError as e:
-                    raise StartError(f"network: {e}") from e
+                    raise StartError(f"network: {e.strerror or e}") from e
             # The peas' network rules, in the kernel, before any pod program runs.
             try:
                 await trio.to_thread.run_sync(self._attach_net_rules)
             except OSError as e:
-                raise StartError(f"network rules (cgroup socket-address BPF): {e}") from e
+                raise StartError(f"network rules (cgroup socket-address BPF): "
+                                 f"{e.strerror or e}") from e
             await sock.send(b"go")
             got_init = got_ready = False
             while not (got_init and got_ready):
@@ -630,7 +632,7 @@ def cleanup_leftovers(name: str) -> list[str]:
         try:
             fn()
         except Exception as e:  # noqa: BLE001
-            problems.append(f"{what}: {e}")
+            problems.append(f"{what}: {getattr(e, 'strerror', None) or e}")
     d = runtime.pod_dir(name)
     mnt = d / "mnt"
     if os.path.ismount(mnt):  # only if someone mounted it in our namespace
