@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -29,8 +30,25 @@ from pods import control, runtime
 EXIT_USAGE = 2
 
 
+def one_line(text: str) -> str:
+    """``text`` for one line of output: every control escaped, newline too,
+    so that a string a pod chose (a command line, a path) can neither act on
+    the administrator's terminal nor forge a line of its own."""
+    return escape_controls(text).replace("\n", "\\n")
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for a message, by one_line."""
+    return f'"{one_line(text)}"'
+
+
 def _err(msg: str) -> None:
-    print(f"pod: {msg}", file=sys.stderr)
+    # Newlines stay (some messages are several lines); any other control
+    # escaped, whatever part of the message quotes the pod.
+    try:
+        print(f"pod: {escape_controls(msg)}", file=sys.stderr, flush=True)
+    except OSError:  # stderr closed as well: the exit status says it all
+        pass
 
 
 # ------------------------------------------------------------------ start
@@ -298,7 +316,7 @@ def cmd_exec(args) -> int:
                 if saved is not None:
                     termios.tcsetattr(0, termios.TCSADRAIN, saved)
                     saved = None
-                _err(f"exec {argv[0]}: {reply['error']}")
+                _err(f"exec {one_line(argv[0])}: {one_line(str(reply['error']))}")
                 return int(reply.get("status", 126))
             if "exit" in reply:
                 return int(reply["exit"])
@@ -367,23 +385,32 @@ def pod_processes(name: str) -> list[dict]:
     return rows
 
 
-def _table(rows: list[dict], cols: list[str]) -> None:
-    # Command lines and names come from the pod: escaped, so that a process
-    # cannot write terminal sequences to the administrator's screen.
-    cells = [[("" if r.get(c) is None else escape_controls(str(r.get(c)))) for c in cols]
+def _table(rows: list[dict], cols: list[str], fit: bool = False) -> None:
+    """Print ``rows`` as columns. Every cell is one line with its controls
+    escaped: command lines and names come from the pod, and a process must
+    not write terminal sequences to the administrator's screen, nor a line
+    that looks like another process. ``fit``: the last column is cut (with
+    "...") so that each line fits the terminal (80 columns when there is none)."""
+    cells = [[("" if r.get(c) is None else one_line(str(r.get(c)))) for c in cols]
              for r in rows]
     widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
+    if fit and cells:
+        room = shutil.get_terminal_size((80, 24)).columns - sum(w + 2 for w in widths[:-1])
+        room = max(room, len(cols[-1]), 10)
+        for row in cells:
+            if len(row[-1]) > room:
+                row[-1] = row[-1][:room - 3] + "..."
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
+# The pod's pid 1 (pods/init.py) is a Python command line of some 400
+# characters; in the table it is named for what it is.
+INIT_LABEL = "[pod init]"
+
+
 def cmd_ps(args) -> int:
-    try:
-        runtime.pod_dir(args.name)
-    except ValueError as e:
-        _err(str(e))
-        return EXIT_USAGE
     if not runtime.is_alive(args.name):
         _err(f"pod {args.name} is not running")
         return EXIT_USAGE
@@ -391,7 +418,8 @@ def cmd_ps(args) -> int:
     if args.json:
         print(json.dumps(rows))
     else:
-        _table(rows, ["vpid", "pid", "pea", "uid", "command"])
+        rows = [dict(r, command=INIT_LABEL) if r["vpid"] == 1 else r for r in rows]
+        _table(rows, ["vpid", "pid", "pea", "uid", "command"], fit=True)
     return 0
 
 
@@ -454,7 +482,9 @@ def _audit_path(what: str) -> Path | str:
             return f"{what}: {e.strerror}"
         return runtime.audit_log(policy.root)
     if not runtime.NAME_RE.match(what):
-        return f"{what!r} is neither a pod name nor a policy file"
+        return (f"{shown(what)} is neither a pod name nor a policy file (.toml): "
+                f"a pod name is a lowercase letter, then at most 30 lowercase letters, "
+                f"digits and '-'")
     state = runtime.read_state(what)
     if state is None or "root" not in state:
         return (f"pod {what} is not running; for a stopped pod give its policy file "
