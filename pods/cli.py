@@ -99,7 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         except (AttributeError, ValueError):
             pass
     parser = build_parser()
+    tail = None
+    if argv[:1] == ["exec"]:
+        # Everything after NAME (and exec's own options) is the command:
+        # argparse would take its options (ls -ld) for exec's.
+        argv, tail = lifecycle_cmd.split_exec_argv(argv)
     args = parser.parse_args(argv)
+    if tail is not None:
+        args.cmd = tail
     command = args.command
     name = getattr(args, "name", None)
     if name is not None and not runtime.NAME_RE.match(name):

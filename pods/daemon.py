@@ -288,13 +288,19 @@ class PodDaemon:
 
     # ------------------------------------------------------------------ exec
 
-    def check_exec(self, pea: str | None, uid: int | None) -> tuple[str, int, int]:
+    def check_exec(self, pea: str | None, uid: int | None,
+                   gid: int | None = None) -> tuple[str, int, int]:
         pea = pea or self.policy.default_pea
         if pea not in self.policy.peas:
             raise ValueError(f"pod {self.name} has no pea {pea!r}")
         uid = 0 if uid is None else int(uid)
         if not _mapped(self.policy.uid_map, uid):
             raise ValueError(f"uid {uid} is not mapped in pod {self.name}")
+        if gid is not None:  # `pod exec --user NAME`: the group of NAME's passwd line
+            gid = int(gid)
+            if not _mapped(self.policy.gid_map, gid):
+                raise ValueError(f"gid {gid} is not mapped in pod {self.name}")
+            return pea, uid, gid
         gid = uid if _mapped(self.policy.gid_map, uid) else self.policy.gid_map[0].inside
         return pea, uid, gid
 
@@ -460,7 +466,7 @@ class PodDaemon:
             await control.asend_msg(conn, {"error": "exec needs argv and 3 fds", "status": 2})
             return
         try:
-            pea, uid, gid = self.check_exec(msg.get("pea"), msg.get("uid"))
+            pea, uid, gid = self.check_exec(msg.get("pea"), msg.get("uid"), msg.get("gid"))
         except (ValueError, TypeError) as e:
             await control.asend_msg(conn, {"error": str(e), "status": 2})
             return

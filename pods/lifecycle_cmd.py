@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -264,19 +265,129 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
              signal.SIGUSR2)
 
 
+# exec's own options. Each takes a value; they go before NAME or right after
+# it, and the first other word after NAME (or the word after "--") starts the
+# command, so that `pod exec NAME ls -ld /` runs `ls -ld /`.
+EXEC_OPTIONS = ("--pea", "--user")
+
+
+def split_exec_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split `pod exec ...` (argv[0] == "exec") into what argparse parses
+    (exec, its options, NAME) and the command. Words starting with "-"
+    before the command are left to argparse, which refuses unknown ones: a
+    mistyped option is an error, not a command to run."""
+    head = [argv[0]]
+    i, named = 1, False
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            if not named and i + 1 < len(argv):
+                head += argv[i:i + 2]      # `pod exec -- NAME CMD...`
+                i += 1
+            i += 1
+            break
+        if word in EXEC_OPTIONS:
+            head += argv[i:i + 2]
+            i += 2
+        elif word.startswith("-") and word != "-":
+            head.append(word)
+            i += 1
+        elif not named:
+            head.append(word)
+            named = True
+            i += 1
+        else:
+            break
+    return head, argv[i:]
+
+
+PASSWD_MAX = 1 << 20
+
+
+def passwd_user(root: Path, user: str) -> tuple[int, int] | str:
+    """(uid, gid) of ``user`` in the /etc/passwd of the pod whose staging
+    directory is ``root``, or why not (a message).
+
+    The file is pod root's: it may be a symlink to a host file (/etc/shadow,
+    a file of crafted lines), a FIFO that never answers, a device, or huge.
+    We are host root, so the open is confined to the pod's tree: openat2
+    with RESOLVE_IN_ROOT resolves every symlink and ".." as if the staging
+    directory were "/", and no magic link (/proc/self/root) leaves it. The
+    file is opened O_PATH first and only a regular file is opened for
+    reading (through that descriptor, so it is the same file): no FIFO or
+    device is ever opened. At most PASSWD_MAX bytes are read."""
+    from peafs import syscalls
+
+    try:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        return f"the pod's root {root}: {e.strerror}"
+    try:
+        fd = syscalls.openat2(root_fd, "etc/passwd", os.O_PATH | os.O_CLOEXEC,
+                              syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS)
+    except FileNotFoundError:
+        fd = None
+    except OSError as e:
+        return f"the pod's /etc/passwd: {e.strerror}"
+    finally:
+        os.close(root_fd)
+    data = b""
+    if fd is not None:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return "the pod's /etc/passwd is not a regular file"
+            rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+            try:
+                while len(data) <= PASSWD_MAX:
+                    chunk = os.read(rfd, 65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                os.close(rfd)
+        except OSError as e:
+            return f"the pod's /etc/passwd: {e.strerror}"
+        finally:
+            os.close(fd)
+        if len(data) > PASSWD_MAX:
+            return f"the pod's /etc/passwd is larger than {PASSWD_MAX >> 20} MiB"
+    wanted = os.fsencode(user)
+    for line in data.split(b"\n"):
+        fields = line.split(b":")
+        # name:password:uid:gid:gecos:home:shell; a malformed line is skipped,
+        # as the C library's getpwnam skips it.
+        if len(fields) >= 4 and fields[0] == wanted and fields[2].isdigit() \
+                and fields[3].isdigit():
+            return int(fields[2]), int(fields[3])
+    return f"no user {shown(user)} in the pod's /etc/passwd"
+
+
 def cmd_exec(args) -> int:
     argv = list(args.cmd)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
     if not argv:
         _err("exec: no command given")
         return EXIT_USAGE
     s = _connect(args.name)
     if s is None:
         return EXIT_USAGE
+    uid = gid = None
+    if args.user is not None:
+        if args.user.isascii() and args.user.isdigit():
+            uid = int(args.user)   # a number: the daemon picks the group, as before
+        else:
+            root = (runtime.read_state(args.name) or {}).get("root")
+            found = passwd_user(Path(root), args.user) if root else \
+                f"pod {args.name} has no root in its state"
+            if isinstance(found, str):
+                s.close()
+                _err(f"exec: {found}")
+                return EXIT_USAGE
+            uid, gid = found
     is_tty = os.isatty(0)
-    msg = {"op": "exec", "argv": argv, "pea": args.pea, "uid": args.user, "tty": is_tty,
+    msg = {"op": "exec", "argv": argv, "pea": args.pea, "uid": uid, "tty": is_tty,
            "winsize": _winsize(0) if is_tty else None, "term": os.environ.get("TERM", "")}
+    if gid is not None:
+        msg["gid"] = gid
     saved = None
     old_handlers = {}
     try:
@@ -554,15 +665,23 @@ def register(sub) -> None:
                    help="seconds to wait for the pod to run (default 60)")
     p.set_defaults(func=cmd_start)
 
-    p = sub.add_parser("exec", help="run a command in a running pod",
+    # allow_abbrev off: split_exec_argv knows the options by their full
+    # names only, and "--pe" must not pass it as an option with no value.
+    p = sub.add_parser("exec", help="run a command in a running pod", allow_abbrev=False,
+                       usage="pod exec [--pea PEA] [--user USER] NAME [--pea PEA] "
+                             "[--user USER] [--] CMD [ARG...]",
                        description="Run CMD in pod NAME, in a pea, as a pod user; exits with "
                                    "CMD's status (128+N if a signal N ended it). A pty is "
-                                   "allocated when stdin is a terminal.")
+                                   "allocated when stdin is a terminal. exec's options go "
+                                   "before NAME or right after it; the first other word "
+                                   "after NAME, or the word after --, is CMD, and everything "
+                                   "after CMD is its arguments.")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--pea", help="pea to run in (default: the policy's default_pea)")
-    p.add_argument("--user", type=int, metavar="UID", help="pod user id (default 0)")
-    p.add_argument("cmd", nargs="+", metavar="CMD")
-    p.set_defaults(func=cmd_exec)
+    p.add_argument("--user", metavar="USER",
+                   help="pod user: a number, or a name of the pod's /etc/passwd (its uid "
+                        "and gid); default 0")
+    p.set_defaults(func=cmd_exec, cmd=[])
 
     p = sub.add_parser("ps", help="processes of a pod",
                        description="vpid (pid in the pod), host pid, pea, pod uid, command.")
