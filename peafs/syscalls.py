@@ -115,3 +115,40 @@ def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"open_by_handle_at: {os.strerror(err)}")
     return fd
+
+
+# openat2(2), for opening a file inside a tree someone else controls: with
+# RESOLVE_IN_ROOT the kernel resolves the path as if dirfd were "/", so
+# ".." and absolute symlinks stop at that directory instead of reaching the
+# host's. Used by host root to read a pod's /etc/passwd from its staging
+# directory, where pod root may plant a link to /etc/shadow. The syscall
+# number is 437 on every architecture of the unified table; libc has no
+# wrapper (glibc 2.36 neither), hence syscall(2). (pods/namespaces.py has
+# open_no_symlinks, the AT_FDCWD / RESOLVE_NO_SYMLINKS case of the same call.)
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+_SYS_OPENAT2 = 437
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_libc.syscall.restype = ctypes.c_long
+
+
+def openat2(dirfd: int, path: str | bytes, flags: int, resolve: int, mode: int = 0) -> int:
+    """A new descriptor on ``path`` relative to ``dirfd``, resolved under the
+    RESOLVE_* rules in ``resolve`` (ENOSYS before Linux 5.6)."""
+    how = _OpenHow(flags & 0xFFFFFFFFFFFFFFFF, mode, resolve)
+    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd),
+                       ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                       ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fsdecode(path))
+    return fd

@@ -146,7 +146,7 @@ class PodDaemon:
             cgroup.ensure_peas(self.name, self.policy.peas)
             limits.setup(self.name, self.policy.limits.memory, self.policy.limits.pids)
         except (cgroup.CgroupError, limits.LimitError, OSError) as e:
-            raise StartError(f"cgroups: {e}") from e
+            raise StartError(f"cgroups: {getattr(e, 'strerror', None) or e}") from e
         v1 = [str(d / "cgroup.procs") for d in limits.v1_dirs(self.name)]
         for pea in self.policy.peas:
             self.cgroup_files[pea] = [str(cgroup.pea_cgroup(self.name, pea) / "cgroup.procs"), *v1]
@@ -174,7 +174,8 @@ class PodDaemon:
             try:
                 self.session.mount()
             except Exception as e:  # noqa: BLE001 - reported as a start failure
-                raise StartError(f"PeaFS mount on {self.mnt}: {e}") from e
+                raise StartError(f"PeaFS mount on {self.mnt}: "
+                                 f"{getattr(e, 'strerror', None) or e}") from e
 
     # --------------------------------------------------------- the pod (async)
 
@@ -216,12 +217,13 @@ class PodDaemon:
                     self.veth = await trio.to_thread.run_sync(
                         netns.add_veth, self.name, pid, self.policy.net)
                 except OSError as e:
-                    raise StartError(f"network: {e}") from e
+                    raise StartError(f"network: {e.strerror or e}") from e
             # The peas' network rules, in the kernel, before any pod program runs.
             try:
                 await trio.to_thread.run_sync(self._attach_net_rules)
             except OSError as e:
-                raise StartError(f"network rules (cgroup socket-address BPF): {e}") from e
+                raise StartError(f"network rules (cgroup socket-address BPF): "
+                                 f"{e.strerror or e}") from e
             await sock.send(b"go")
             got_init = got_ready = False
             while not (got_init and got_ready):
@@ -291,13 +293,19 @@ class PodDaemon:
 
     # ------------------------------------------------------------------ exec
 
-    def check_exec(self, pea: str | None, uid: int | None) -> tuple[str, int, int]:
+    def check_exec(self, pea: str | None, uid: int | None,
+                   gid: int | None = None) -> tuple[str, int, int]:
         pea = pea or self.policy.default_pea
         if pea not in self.policy.peas:
             raise ValueError(f"pod {self.name} has no pea {pea!r}")
         uid = 0 if uid is None else int(uid)
         if not _mapped(self.policy.uid_map, uid):
             raise ValueError(f"uid {uid} is not mapped in pod {self.name}")
+        if gid is not None:  # `pod exec --user NAME`: the group of NAME's passwd line
+            gid = int(gid)
+            if not _mapped(self.policy.gid_map, gid):
+                raise ValueError(f"gid {gid} is not mapped in pod {self.name}")
+            return pea, uid, gid
         gid = uid if _mapped(self.policy.gid_map, uid) else self.policy.gid_map[0].inside
         return pea, uid, gid
 
@@ -477,7 +485,7 @@ class PodDaemon:
             await control.asend_msg(conn, {"error": "exec needs argv and 3 fds", "status": 2})
             return
         try:
-            pea, uid, gid = self.check_exec(msg.get("pea"), msg.get("uid"))
+            pea, uid, gid = self.check_exec(msg.get("pea"), msg.get("uid"), msg.get("gid"))
         except (ValueError, TypeError) as e:
             await control.asend_msg(conn, {"error": str(e), "status": 2})
             return
@@ -664,7 +672,7 @@ def cleanup_leftovers(name: str) -> list[str]:
         try:
             fn()
         except Exception as e:  # noqa: BLE001
-            problems.append(f"{what}: {e}")
+            problems.append(f"{what}: {getattr(e, 'strerror', None) or e}")
     d = runtime.pod_dir(name)
     mnt = d / "mnt"
     if os.path.ismount(mnt):  # only if someone mounted it in our namespace

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -29,8 +30,25 @@ from pods import control, runtime
 EXIT_USAGE = 2
 
 
+def one_line(text: str) -> str:
+    """``text`` for one line of output: every control escaped, newline too,
+    so that a string a pod chose (a command line, a path) can neither act on
+    the administrator's terminal nor forge a line of its own."""
+    return escape_controls(text).replace("\n", "\\n")
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for a message, by one_line."""
+    return f'"{one_line(text)}"'
+
+
 def _err(msg: str) -> None:
-    print(f"pod: {msg}", file=sys.stderr)
+    # Newlines stay (some messages are several lines); any other control
+    # escaped, whatever part of the message quotes the pod.
+    try:
+        print(f"pod: {escape_controls(msg)}", file=sys.stderr, flush=True)
+    except OSError:  # stderr closed as well: the exit status says it all
+        pass
 
 
 # ------------------------------------------------------------------ start
@@ -333,19 +351,78 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
              signal.SIGUSR2)
 
 
+# exec's own options. Each takes a value; they go before NAME or right after
+# it, and the first other word after NAME (or the word after "--") starts the
+# command, so that `pod exec NAME ls -ld /` runs `ls -ld /`.
+EXEC_OPTIONS = ("--pea", "--user")
+
+
+def split_exec_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split `pod exec ...` (argv[0] == "exec") into what argparse parses
+    (exec, its options, NAME) and the command. Words starting with "-"
+    before the command are left to argparse, which refuses unknown ones: a
+    mistyped option is an error, not a command to run."""
+    head = [argv[0]]
+    i, named = 1, False
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            if not named and i + 1 < len(argv):
+                head += argv[i:i + 2]      # `pod exec -- NAME CMD...`
+                i += 1
+            i += 1
+            break
+        if word in EXEC_OPTIONS:
+            head += argv[i:i + 2]
+            i += 2
+        elif word.startswith("-") and word != "-":
+            head.append(word)
+            i += 1
+        elif not named:
+            head.append(word)
+            named = True
+            i += 1
+        else:
+            break
+    return head, argv[i:]
+
+
+def passwd_user(root: Path, user: str) -> tuple[int, int] | str:
+    """(uid, gid) of ``user`` in the pod's /etc/passwd, or why not."""
+    from pods import podusers
+
+    try:
+        return podusers.lookup(root, user)
+    except podusers.UserError as e:
+        return str(e)
+
+
 def cmd_exec(args) -> int:
     argv = list(args.cmd)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
     if not argv:
         _err("exec: no command given")
         return EXIT_USAGE
     s = _connect(args.name)
     if s is None:
         return EXIT_USAGE
+    uid = gid = None
+    if args.user is not None:
+        if args.user.isascii() and args.user.isdigit():
+            uid = int(args.user)   # a number: the daemon picks the group, as before
+        else:
+            root = (runtime.read_state(args.name) or {}).get("root")
+            found = passwd_user(Path(root), args.user) if root else \
+                f"pod {args.name} has no root in its state"
+            if isinstance(found, str):
+                s.close()
+                _err(f"exec: {found}")
+                return EXIT_USAGE
+            uid, gid = found
     is_tty = os.isatty(0)
-    msg = {"op": "exec", "argv": argv, "pea": args.pea, "uid": args.user, "tty": is_tty,
+    msg = {"op": "exec", "argv": argv, "pea": args.pea, "uid": uid, "tty": is_tty,
            "winsize": _winsize(0) if is_tty else None, "term": os.environ.get("TERM", "")}
+    if gid is not None:
+        msg["gid"] = gid
     saved = None
     old_handlers = {}
     try:
@@ -385,7 +462,7 @@ def cmd_exec(args) -> int:
                 if saved is not None:
                     termios.tcsetattr(0, termios.TCSADRAIN, saved)
                     saved = None
-                _err(f"exec {argv[0]}: {reply['error']}")
+                _err(f"exec {one_line(argv[0])}: {one_line(str(reply['error']))}")
                 return int(reply.get("status", 126))
             if "exit" in reply:
                 return int(reply["exit"])
@@ -454,23 +531,32 @@ def pod_processes(name: str) -> list[dict]:
     return rows
 
 
-def _table(rows: list[dict], cols: list[str]) -> None:
-    # Command lines and names come from the pod: escaped, so that a process
-    # cannot write terminal sequences to the administrator's screen.
-    cells = [[("" if r.get(c) is None else escape_controls(str(r.get(c)))) for c in cols]
+def _table(rows: list[dict], cols: list[str], fit: bool = False) -> None:
+    """Print ``rows`` as columns. Every cell is one line with its controls
+    escaped: command lines and names come from the pod, and a process must
+    not write terminal sequences to the administrator's screen, nor a line
+    that looks like another process. ``fit``: the last column is cut (with
+    "...") so that each line fits the terminal (80 columns when there is none)."""
+    cells = [[("" if r.get(c) is None else one_line(str(r.get(c)))) for c in cols]
              for r in rows]
     widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
+    if fit and cells:
+        room = shutil.get_terminal_size((80, 24)).columns - sum(w + 2 for w in widths[:-1])
+        room = max(room, len(cols[-1]), 10)
+        for row in cells:
+            if len(row[-1]) > room:
+                row[-1] = row[-1][:room - 3] + "..."
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
+# The pod's pid 1 (pods/init.py) is a Python command line of some 400
+# characters; in the table it is named for what it is.
+INIT_LABEL = "[pod init]"
+
+
 def cmd_ps(args) -> int:
-    try:
-        runtime.pod_dir(args.name)
-    except ValueError as e:
-        _err(str(e))
-        return EXIT_USAGE
     if not runtime.is_alive(args.name):
         _err(f"pod {args.name} is not running")
         return EXIT_USAGE
@@ -478,7 +564,8 @@ def cmd_ps(args) -> int:
     if args.json:
         print(json.dumps(rows))
     else:
-        _table(rows, ["vpid", "pid", "pea", "uid", "command"])
+        rows = [dict(r, command=INIT_LABEL) if r["vpid"] == 1 else r for r in rows]
+        _table(rows, ["vpid", "pid", "pea", "uid", "command"], fit=True)
     return 0
 
 
@@ -541,7 +628,9 @@ def _audit_path(what: str) -> Path | str:
             return f"{what}: {e.strerror}"
         return runtime.audit_log(policy.root)
     if not runtime.NAME_RE.match(what):
-        return f"{what!r} is neither a pod name nor a policy file"
+        return (f"{shown(what)} is neither a pod name nor a policy file (.toml): "
+                f"a pod name is a lowercase letter, then at most 30 lowercase letters, "
+                f"digits and '-'")
     state = runtime.read_state(what)
     if state is None or "root" not in state:
         return (f"pod {what} is not running; for a stopped pod give its policy file "
@@ -615,15 +704,23 @@ def register(sub) -> None:
                         "tells systemd READY=1 through $NOTIFY_SOCKET once the pod runs")
     p.set_defaults(func=cmd_start)
 
-    p = sub.add_parser("exec", help="run a command in a running pod",
+    # allow_abbrev off: split_exec_argv knows the options by their full
+    # names only, and "--pe" must not pass it as an option with no value.
+    p = sub.add_parser("exec", help="run a command in a running pod", allow_abbrev=False,
+                       usage="pod exec [--pea PEA] [--user USER] NAME [--pea PEA] "
+                             "[--user USER] [--] CMD [ARG...]",
                        description="Run CMD in pod NAME, in a pea, as a pod user; exits with "
                                    "CMD's status (128+N if a signal N ended it). A pty is "
-                                   "allocated when stdin is a terminal.")
+                                   "allocated when stdin is a terminal. exec's options go "
+                                   "before NAME or right after it; the first other word "
+                                   "after NAME, or the word after --, is CMD, and everything "
+                                   "after CMD is its arguments.")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--pea", help="pea to run in (default: the policy's default_pea)")
-    p.add_argument("--user", type=int, metavar="UID", help="pod user id (default 0)")
-    p.add_argument("cmd", nargs="+", metavar="CMD")
-    p.set_defaults(func=cmd_exec)
+    p.add_argument("--user", metavar="USER",
+                   help="pod user: a number, or a name of the pod's /etc/passwd (its uid "
+                        "and gid); default 0")
+    p.set_defaults(func=cmd_exec, cmd=[])
 
     p = sub.add_parser("ps", help="processes of a pod",
                        description="vpid (pid in the pod), host pid, pea, pod uid, command.")

@@ -1,81 +1,93 @@
 """Pod user names: looked up in the pod's own /etc/passwd, from the host.
 
-The file lives in the pod's staging directory, which pod root controls: it
-may be a symlink to a host file (/etc/shadow), a FIFO that never ends, or a
-huge file. The lookup is made as host root, so it is confined the way the
-kernel confines a path walk inside a root: openat2(2) with RESOLVE_IN_ROOT
-(symlinks and ".." resolve inside the staging directory) and
-RESOLVE_NO_MAGICLINKS (no /proc/self/fd jumps), opened non-blocking, and read
-only if it is a regular file, at most PASSWD_MAX bytes.
+Used by `pod exec --user NAME` and by services with ``user = "NAME"``
+(pods/services.py). The file is pod root's, read by host root: see
+``lookup`` for what that demands.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import stat
 from pathlib import Path
 
-SYS_openat2 = 437           # x86_64 (and every architecture since 5.6)
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_IN_ROOT = 0x10
-PASSWD_MAX = 1 << 20
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-def open_in_root(root_fd: int, path: str, flags: int) -> int:
-    """openat2(root_fd, path, flags) with every path component resolved
-    inside ``root_fd``, as a chroot would."""
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(SYS_openat2, root_fd, os.fsencode(path), ctypes.byref(how),
-                       ctypes.sizeof(how))
-    if fd < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), path)
-    return fd
+from peafs import syscalls
+from peafs.audit import escape_controls
 
 
 class UserError(Exception):
     """A user that cannot be resolved; the message is for the administrator."""
 
 
-def read_pod_file(root: Path, path: str, limit: int = PASSWD_MAX) -> bytes:
-    """The content of ``path`` in the pod whose staging directory is ``root``."""
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+def _shown(text: str) -> str:
+    return '"' + escape_controls(text).replace("\n", "\\n") + '"'
+
+
+def lookup(root: Path, user: str) -> tuple[int, int]:
+    """(uid, gid) of ``user`` (pod ids) in the /etc/passwd of the pod whose
+    staging directory is ``root``; UserError says why not."""
+    found = _lookup(Path(root), user)
+    if isinstance(found, str):
+        raise UserError(found)
+    return found
+
+
+PASSWD_MAX = 1 << 20
+
+
+def _lookup(root: Path, user: str) -> tuple[int, int] | str:
+    """(uid, gid) of ``user`` in the /etc/passwd of the pod whose staging
+    directory is ``root``, or why not (a message).
+
+    The file is pod root's: it may be a symlink to a host file (/etc/shadow,
+    a file of crafted lines), a FIFO that never answers, a device, or huge.
+    We are host root, so the open is confined to the pod's tree: openat2
+    with RESOLVE_IN_ROOT resolves every symlink and ".." as if the staging
+    directory were "/", and no magic link (/proc/self/root) leaves it. The
+    file is opened O_PATH first and only a regular file is opened for
+    reading (through that descriptor, so it is the same file): no FIFO or
+    device is ever opened. At most PASSWD_MAX bytes are read."""
     try:
-        fd = open_in_root(root_fd, path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        return f"the pod's root {root}: {e.strerror}"
+    try:
+        fd = syscalls.openat2(root_fd, "etc/passwd", os.O_PATH | os.O_CLOEXEC,
+                              syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS)
+    except FileNotFoundError:
+        fd = None
+    except OSError as e:
+        return f"the pod's /etc/passwd: {e.strerror}"
     finally:
         os.close(root_fd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        data = os.read(fd, limit + 1)
-        if len(data) > limit:
-            raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
-        return data
-    finally:
-        os.close(fd)
-
-
-def lookup(root: Path, name: str) -> tuple[int, int]:
-    """(uid, gid) of user ``name`` in the pod's /etc/passwd (pod ids)."""
-    try:
-        data = read_pod_file(root, "/etc/passwd")
-    except OSError as e:
-        raise UserError(f"cannot read the pod's /etc/passwd: {e.strerror}") from e
-    for line in data.decode("utf-8", "replace").splitlines():
-        fields = line.split(":")
-        if len(fields) >= 4 and fields[0] == name:
+    data = b""
+    if fd is not None:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return "the pod's /etc/passwd is not a regular file"
+            rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
             try:
-                return int(fields[2]), int(fields[3])
-            except ValueError:
-                raise UserError(f"user {name!r} has a malformed line in the pod's "
-                                f"/etc/passwd") from None
-    raise UserError(f"no user {name!r} in the pod's /etc/passwd")
+                while len(data) <= PASSWD_MAX:
+                    chunk = os.read(rfd, 65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                os.close(rfd)
+        except OSError as e:
+            return f"the pod's /etc/passwd: {e.strerror}"
+        finally:
+            os.close(fd)
+        if len(data) > PASSWD_MAX:
+            return f"the pod's /etc/passwd is larger than {PASSWD_MAX >> 20} MiB"
+    wanted = os.fsencode(user)
+    for line in data.split(b"\n"):
+        fields = line.split(b":")
+        # name:password:uid:gid:gecos:home:shell; a malformed line is skipped,
+        # as the C library's getpwnam skips it.
+        if len(fields) >= 4 and fields[0] == wanted and fields[2].isdigit() \
+                and fields[3].isdigit():
+            return int(fields[2]), int(fields[3])
+    return f"no user {_shown(user)} in the pod's /etc/passwd"
+
+

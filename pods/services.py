@@ -87,10 +87,10 @@ class ServiceLog:
             self.fd = -1
 
 
-def describe_end(final: dict) -> tuple[str, bool]:
-    """How a run ended, in words, and whether it failed."""
+def describe_end(final: dict, program: str) -> tuple[str, bool]:
+    """How a run of ``program`` ended, in words, and whether it failed."""
     if "error" in final:
-        return f"cannot start: {final['error']}", True
+        return f"cannot start {program}: {final['error']}", True
     if final.get("signal"):
         return f"killed by signal {final['signal']}", True
     code = final.get("exit")
@@ -173,7 +173,7 @@ class ServiceManager:
             else:
                 final = await self._one_run(st, uid, gid)
             st.pid = st.vpid = None
-            what, failed = describe_end(final)
+            what, failed = describe_end(final, spec.exec[0])
             st.last_end = what
             if first:
                 first = False

@@ -209,7 +209,9 @@ def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> Non
         os.execvpe(args.argv[0], args.argv, env)
     except OSError as e:
         try:
-            os.write(report_w, f"E {step} {e.errno or 0} {e}\n".encode())
+            # The system's words, not Python's ("[Errno 13] ...: b'/x'"): the
+            # user's `pod exec` already names the command.
+            os.write(report_w, f"E {step} {e.errno or 0} {e.strerror or e}\n".encode())
         except OSError:
             pass
     except BaseException as e:  # noqa: BLE001 - anything else is also a failure to start
@@ -375,7 +377,9 @@ def monitor(args) -> int:
             if step != "exec":
                 status = 126
             msg = rest[0] if rest else ""
-            send_msg(ctl, {"error": f"{step}: {msg}", "status": status})
+            # `pod: exec CMD: Permission denied`; a step before the exec is named.
+            send_msg(ctl, {"error": msg if step == "exec" else f"{step}: {msg}",
+                           "status": status})
             return status
         send_msg(ctl, {"started": child, "vpid": _vpid(child)})
         status = _relay(ctl, child, child_pidfd, master)
@@ -422,7 +426,8 @@ def main(argv=None) -> int:
         return monitor(args)
     except OSError as e:
         try:
-            send_msg(socket.socket(fileno=args.ctl), {"error": str(e), "status": 126})
+            send_msg(socket.socket(fileno=args.ctl), {"error": e.strerror or str(e),
+                                                      "status": 126})
         except OSError:
             pass
         return 126

@@ -63,7 +63,7 @@ def log_records(pod) -> list[dict]:
 # ----------------------------------------------------------------- honest start
 
 @pytest.mark.parametrize("init, why", [
-    (["/usr/sbin/nginxx", "-g", "daemon off;"], "service init: cannot start: exec"),
+    (["/usr/sbin/nginxx", "-g", "daemon off;"], "service init: cannot start /usr/sbin/nginxx: No such file or directory"),
     (["/usr/bin/false"], "service init: exited with status 1"),
     (["/bin/sh", "-c", "echo 'bad directive on line 3' >&2; exit 78"],
      "service init: exited with status 78; its last output: bad directive on line 3"),
@@ -73,9 +73,7 @@ def test_start_fails_when_the_service_cannot_run(pod_factory, init, why):
     r = pod.start_result
     assert r.returncode == 2, r
     assert r.stdout == ""
-    assert r.stderr.startswith(f"pod: cannot start pod {pod.name}: {why}"), r.stderr
-    if init[0] == "/usr/sbin/nginxx":
-        assert "No such file or directory" in r.stderr, r.stderr
+    assert r.stderr == f"pod: cannot start pod {pod.name}: {why}\n"
     # Nothing is left running, and `pod list` does not show it.
     assert pod.cli("list", "--json").stdout.strip() == "[]"
     assert not (pod.run_dir / "pods" / pod.name).exists()
@@ -120,8 +118,8 @@ def test_passwd_symlinked_to_a_host_file_is_not_read(pod_factory, tmp_path):
     os.symlink(host_file, root / "etc" / "passwd")
     r = pod_factory.cli("start", policy, timeout=120)
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"pod: cannot start pod {name}: service x: cannot start: "
-                                "cannot read the pod's /etc/passwd: No such file or directory")
+    assert r.stderr.strip() == (f"pod: cannot start pod {name}: service x: cannot start /bin/sh: "
+                                "no user \"evil\" in the pod's /etc/passwd")
 
 
 def test_passwd_fifo_does_not_hang_the_start(pod_factory):
@@ -131,8 +129,8 @@ def test_passwd_fifo_does_not_hang_the_start(pod_factory):
     os.mkfifo(root / "etc" / "passwd")
     r = pod_factory.cli("start", policy, timeout=120)
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"pod: cannot start pod {name}: service x: cannot start: "
-                                "cannot read the pod's /etc/passwd: not a regular file")
+    assert r.stderr.strip() == (f"pod: cannot start pod {name}: service x: cannot start /bin/sh: "
+                                "the pod's /etc/passwd is not a regular file")
 
 
 # ----------------------------------------------------------------- restarts
