@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 # compiler, bindfs and bubblewrap (benchmark peers), iproute2 (veth pairs).
 DEBS   := fuse3 libfuse3-dev pkg-config gcc bindfs bubblewrap iproute2 procps strace
 
-.PHONY: all deps venv demo test unit e2e bench clean
+.PHONY: all deps venv demo test unit e2e bench clean man completion install uninstall
 
 all: test
 
@@ -56,3 +56,68 @@ bench: deps
 
 clean:
 	rm -rf $(VENV) .debs-installed build *.egg-info .pytest_cache
+
+# ---------------------------------------------------------------- install
+# `make install` puts the commands, their man pages and bash completions, and
+# the systemd unit template peapod@.service under $(DESTDIR)$(PREFIX);
+# `make uninstall` removes exactly those files. The commands are wrappers
+# that run this checkout's .venv (`make deps` first): the checkout stays
+# where it is. Neither target depends on `deps`, so installing never
+# rebuilds the venv or runs apt-get.
+#
+# The unit goes to $(PREFIX)/lib/systemd/system whatever the prefix: systemd
+# reads /usr/local/lib/systemd/system as well as /usr/lib/systemd/system,
+# and /etc/systemd/system is the administrator's (overrides, `systemctl
+# edit`), not an installer's. After installing: `systemctl daemon-reload`.
+
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+MANDIR      ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+BUILD       ?= build
+# The entry points of pyproject.toml's [project.scripts].
+SCRIPTS     := pod peafs
+UNIT        := peapod@.service
+
+MANPAGES    := $(SCRIPTS:%=$(BUILD)/man/%.1)
+COMPLETIONS := $(SCRIPTS:%=$(BUILD)/completion/%)
+# Generated from the parsers, so they are rebuilt when any module changes.
+PARSER_SRC  := $(wildcard pods/*.py peafs/*.py)
+# The venv's Python when there is one (the parsers' imports are those of the
+# running program); the parsers need only the standard library, so the man
+# pages can also be built before `make deps`.
+GENPY       := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+man: $(MANPAGES)
+
+completion: $(COMPLETIONS)
+
+$(BUILD)/man/%.1: $(PARSER_SRC)
+	@mkdir -p $(@D)
+	$(GENPY) -m pods.docgen man $* -o $@
+
+$(BUILD)/completion/%: $(PARSER_SRC)
+	@mkdir -p $(@D)
+	$(GENPY) -m pods.docgen completion $* -o $@
+
+install: man completion
+	@test -x $(VENV)/bin/pod || { echo "make install: $(VENV)/bin/pod is missing: run 'make deps' first" >&2; exit 2; }
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(UNITDIR)
+	@for s in $(SCRIPTS); do \
+	  echo "install $(DESTDIR)$(BINDIR)/$$s -> $(abspath $(VENV))/bin/$$s"; \
+	  printf '#!/bin/sh\n# Installed by make install: runs %s of the checkout %s\nexec \047%s\047 "$$@"\n' \
+	    "$$s" '$(CURDIR)' '$(abspath $(VENV))/bin/'"$$s" > $(DESTDIR)$(BINDIR)/$$s && \
+	  chmod 755 $(DESTDIR)$(BINDIR)/$$s || exit 1; \
+	done
+	install -m 644 $(MANPAGES) $(DESTDIR)$(MANDIR)/man1/
+	@for s in $(SCRIPTS); do \
+	  echo "install -m 644 $(BUILD)/completion/$$s $(DESTDIR)$(BASHCOMPDIR)/$$s"; \
+	  install -m 644 $(BUILD)/completion/$$s $(DESTDIR)$(BASHCOMPDIR)/$$s || exit 1; \
+	done
+	sed 's|@BINDIR@|$(BINDIR)|g' contrib/systemd/$(UNIT).in > $(DESTDIR)$(UNITDIR)/$(UNIT)
+	chmod 644 $(DESTDIR)$(UNITDIR)/$(UNIT)
+
+uninstall:
+	rm -f $(SCRIPTS:%=$(DESTDIR)$(BINDIR)/%) $(SCRIPTS:%=$(DESTDIR)$(MANDIR)/man1/%.1) \
+	  $(SCRIPTS:%=$(DESTDIR)$(BASHCOMPDIR)/%) $(DESTDIR)$(UNITDIR)/$(UNIT)
