@@ -103,18 +103,22 @@ def place_host_mounts(root: Path, mounts) -> None:
             rel = m.path.lstrip("/")
             target = walk_dir(root_fd, rel, create=True)
             try:
-                # Non-recursive bind: mounts below the host directory stay out.
-                ns.mount(str(m.host), fd_path(target), None, ns.MS_BIND)
+                # Recursive, as bubblewrap binds: a non-recursive bind would
+                # uncover what the host's mounts below the directory hide
+                # (the files under a mount point), and leave out what they show.
+                ns.mount(str(m.host), fd_path(target), None, ns.MS_BIND | ns.MS_REC)
             finally:
                 os.close(target)
             # The fd above names the directory under the new mount; the
-            # remount must name the mount itself, so walk again.
+            # attributes go on the mount itself, so walk again.
             target = walk_dir(root_fd, rel)
             try:
-                # A bind mount inherits the source's flags; read-only needs a
-                # remount of the new mount alone.
-                flags = ns.MS_BIND | ns.MS_REMOUNT | ns.MS_NODEV | ns.MS_NOSUID
-                ns.mount(None, fd_path(target), None, flags | (0 if m.rw else ns.MS_RDONLY))
+                # A bind inherits the source's flags. Read-only (unless rw),
+                # nosuid and nodev on the new mount and on every submount
+                # with it: a remount would change the top mount only, and
+                # leave a writable host file system under a read-only /usr.
+                flags = ns.MOUNT_ATTR_NOSUID | ns.MOUNT_ATTR_NODEV
+                ns.mount_setattr_tree(target, flags | (0 if m.rw else ns.MOUNT_ATTR_RDONLY))
             finally:
                 os.close(target)
     finally:
