@@ -142,6 +142,9 @@ class ServiceManager:
         """Start every service; return once they run, or raise RuntimeError
         naming the first that failed to start or died at once."""
         self.nursery = nursery
+        if not self.states:
+            self.accepted = True
+            return
         for st in self.states:
             nursery.start_soon(self._run, st)
         deadline = trio.current_time() + START_GRACE
