@@ -113,6 +113,7 @@ class PodDaemon:
         self.init_pidfd: int | None = None
         self.ipc_ns: dict[str, int] = {}          # pea -> fd of its IPC namespace
         self.net_queue: int | None = None          # BPF queue of network refusals
+        self.unix_names: int | None = None         # BPF map: abstract Unix name -> pea
         self.pea_order: list[str] = []             # pea index in those records -> name
         self._ipc_lock = trio.Lock()
         self.veth: str | None = None
@@ -248,12 +249,14 @@ class PodDaemon:
         net = self.policy.net
         hosts = netns.host_addresses() if net is not None and not net.host else []
         self.net_queue = netbpf.create_queue()
+        self.unix_names = netbpf.create_unix_names()
+        ids = netbpf.unix_kfunc_ids()
         self.pea_order = list(self.policy.peas)
         for i, name in enumerate(self.pea_order):
             pea = self.policy.peas[name]
             netbpf.attach_pea(str(cgroup.pea_cgroup(self.name, name)),
                               netbpf.PeaNet(i, pea.connect, pea.bind, pea.complain),
-                              hosts, self.net_queue)
+                              hosts, self.net_queue, self.unix_names, ids)
 
     def _log_net_refusals(self) -> None:
         """Move the kernel's refusal records into the audit log."""
@@ -264,7 +267,9 @@ class PodDaemon:
             if audit is None or r.pea_index >= len(self.pea_order):
                 continue
             name = self.pea_order[r.pea_index]
-            if r.op == "bind":
+            if r.address.startswith("@"):
+                rule = "abstract Unix name of another pea"
+            elif r.op == "bind":
                 rule = "bind"
             elif self.policy.peas[name].connect:
                 rule = "[pod.net] host = false"
@@ -539,6 +544,8 @@ class PodDaemon:
                     settle=self.session.settle if self.session else None,
                     pending=self.session.pending_transition if self.session else None)
                 self.supervisor.procs.init_tgid = self.init_pid
+                self.supervisor.unix_names = self.unix_names
+                self.supervisor.pea_index = {p: i for i, p in enumerate(self.pea_order)}
                 if self.session is not None:
                     self.session.set_transition_guard(self.supervisor.transition_guard)
                 nursery.start_soon(self.supervisor.serve)
@@ -643,6 +650,9 @@ class PodDaemon:
         if self.net_queue is not None:
             os.close(self.net_queue)
             self.net_queue = None
+        if self.unix_names is not None:
+            os.close(self.unix_names)
+            self.unix_names = None
         if self.service_log is not None:
             self.service_log.close()
         if self.session is not None:

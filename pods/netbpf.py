@@ -45,15 +45,21 @@ _SYS_bpf = 321   # x86_64
 
 # bpf(2) commands, map and program types, attach types (<linux/bpf.h>)
 BPF_MAP_CREATE = 0
+BPF_MAP_UPDATE_ELEM = 2
 BPF_PROG_LOAD = 5
 BPF_PROG_ATTACH = 8
 BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 BPF_MAP_TYPE_QUEUE = 22
+BPF_MAP_TYPE_LRU_HASH = 9
 BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 BPF_F_ALLOW_MULTI = 2
 ATTACH = {"bind4": 8, "bind6": 9, "connect4": 10, "connect6": 11,
-          "sendmsg4": 14, "sendmsg6": 15}
+          "sendmsg4": 14, "sendmsg6": 15,
+          # Unix socket addresses (Linux 6.7): where abstract names are judged
+          "connect_unix": 49, "sendmsg_unix": 50}
+UNIX_HOOKS = ("connect_unix", "sendmsg_unix")
 # helpers
+_MAP_LOOKUP_ELEM = 1
 _GET_CURRENT_PID_TGID = 14
 _GET_CURRENT_UID_GID = 15
 _MAP_PUSH_ELEM = 87
@@ -66,7 +72,16 @@ _USER_FAMILY, _USER_IP4, _USER_IP6, _USER_PORT = 0, 4, 8, 24
 # u64 pid_tgid, u32 op, u32 pea index, u32 family, u32 port (network order),
 # u32 addr[4], u32 uid, u32 complain.
 RECORD = struct.Struct("<QIIII16sII")
-OPS = {1: "bind", 2: "connect", 3: "sendmsg"}
+OPS = {1: "bind", 2: "connect", 3: "sendmsg", 4: "connect", 5: "sendmsg"}
+AF_UNIX = 1
+
+# The key of the pod's map of abstract Unix names: u32 length of the name
+# (with its leading NUL), then the name, zero-padded to sun_path's 108 bytes.
+# The value: u32 index of the pea whose process bound it.
+UNIX_KEY = struct.Struct("<I108s")
+UNIX_NAMES_MAX = 16384
+# struct bpf_sock_addr_kern: the kernel's copy of the address and its length
+_KCTX_UADDR, _KCTX_UADDRLEN = 8, 32
 QUEUE_SIZE = 4096
 
 
@@ -136,6 +151,26 @@ class _Asm:
 
     def call(self, helper):
         self._emit(0x85, 0, 0, 0, helper)
+
+    def kcall(self, btf_id):            # a kernel function, by its BTF id
+        self._emit(0x85, 0, 2, 0, btf_id)  # src 2: BPF_PSEUDO_KFUNC_CALL
+
+    def ldb(self, dst, src, off):       # dst = *(u8 *)(src + off)
+        self._emit(0x71, dst, src, off)
+
+    def lddw(self, dst, src, off):      # dst = *(u64 *)(src + off)
+        self._emit(0x79, dst, src, off)
+
+    def stb(self, dst, off, src):       # *(u8 *)(dst + off) = src
+        self._emit(0x73, dst, src, off)
+
+    def jle(self, reg, imm, label):     # if reg <= imm (unsigned, 64-bit) goto label
+        self.fixups.append((len(self.code), label))
+        self._emit(0xB5, reg, 0, 0, imm)
+
+    def jeq(self, reg, imm, label):     # if reg == imm (64-bit) goto label
+        self.fixups.append((len(self.code), label))
+        self._emit(0x15, reg, 0, 0, imm)
 
     def exit(self):
         self._emit(0x95)
@@ -245,6 +280,131 @@ def _program(hook: str, pea: PeaNet, host4: list[bytes], host6: list[bytes],
     return a.assemble()
 
 
+def _unix_program(hook: str, pea: PeaNet, names_fd: int, queue_fd: int,
+                  ids: dict) -> bytes:
+    """connect() and sends to a Unix address: an abstract name is reachable
+    from the pea whose process bound it (the supervisor performs and records
+    every such bind: pods/supervisor.py ``_do_bind``), and from no other
+    (EACCES, logged); a name bound behind the supervisor's back (an address
+    length of 16 or 28, which the filter lets through; an implicit autobind)
+    is in nobody's reach (ECONNREFUSED, fail closed). Pathnames are files:
+    PeaFS decides those, not this."""
+    a = _Asm()
+    key = -160                      # the map key on the stack: fp-160 .. fp-49
+    a.movr(6, 1)                                        # r6 = ctx
+    a.movr(1, 6)
+    a.kcall(ids["cast"])                                # r7 = the kernel's context
+    a.movr(7, 0)
+    a.ldw(8, 7, _KCTX_UADDRLEN)                         # r8 = address length
+    a.jle(8, 2, "allow")                                # no name at all
+    a.lddw(1, 7, _KCTX_UADDR)
+    a.mov(2, ids["sockaddr_un"])
+    a.kcall(ids["rdonly"])                              # r9 = (struct sockaddr_un *)
+    a.movr(9, 0)
+    a.ldb(1, 9, 2)
+    a.jne32(1, 0, "allow")                              # sun_path[0] != 0: a pathname
+    a.add(8, -2)                                        # r8 = name length, NUL included
+    a.mov(1, 0)
+    for off in range(key, key + UNIX_KEY.size, 8):
+        a.stdw(10, off, 1)
+    a.stw(10, key, 8)
+    # Only the name's own bytes: the kernel's copy is not cleared past its length.
+    for i in range(108):
+        a.jle(8, i, f"copied{i}")
+        a.ldb(1, 9, 2 + i)
+        a.stb(10, key + 4 + i, 1)
+        a.here(f"copied{i}")
+    a.ld_map(1, names_fd)
+    a.movr(2, 10)
+    a.add(2, key)
+    a.call(_MAP_LOOKUP_ELEM)
+    a.jeq(0, 0, "unknown")
+    a.ldw(1, 0, 0)
+    a.jeq32(1, pea.index, "allow")
+    a.ja("refuse")
+    a.here("allow")
+    a.mov(0, 1)
+    a.exit()
+    # A name no pea is known to have bound: nobody's, or bound where the
+    # supervisor did not see it (see the docstring). What the kernel says
+    # of a name nobody bound, whoever asks: a client waiting for its server
+    # retries on ECONNREFUSED. Not a refusal of a rule: not logged.
+    a.here("unknown")
+    if pea.complain:
+        a.mov(0, 1)
+        a.exit()
+    else:
+        a.mov(1, -errno.ECONNREFUSED)
+        a.call(_SET_RETVAL)
+        a.mov(0, 0)
+        a.exit()
+    a.here("refuse")
+    op = 4 if hook == "connect_unix" else 5
+    a.call(_GET_CURRENT_PID_TGID)
+    a.stdw(10, -48, 0)
+    a.call(_GET_CURRENT_UID_GID)
+    a.stw(10, -8, 0)
+    a.stiw(10, -40, op)
+    a.stiw(10, -36, pea.index)
+    a.stiw(10, -32, AF_UNIX)
+    a.stiw(10, -28, 0)
+    for i in range(4):                                  # the name's first 16 bytes
+        a.ldw(1, 10, key + 4 + 4 * i)
+        a.stw(10, -24 + 4 * i, 1)
+    a.stiw(10, -4, 1 if pea.complain else 0)
+    a.ld_map(1, queue_fd)
+    a.movr(2, 10)
+    a.add(2, -48)
+    a.mov(3, 0)
+    a.call(_MAP_PUSH_ELEM)
+    if pea.complain:
+        a.mov(0, 1)
+        a.exit()
+    else:
+        a.mov(1, -errno.EACCES)
+        a.call(_SET_RETVAL)
+        a.mov(0, 0)
+        a.exit()
+    return a.assemble()
+
+
+def unix_kfunc_ids() -> dict:
+    """The BTF ids the Unix programs need (pods/btf.py), or BtfError."""
+    from pods import btf
+
+    got = btf.type_ids({(btf.KIND_FUNC, "bpf_cast_to_kern_ctx"),
+                        (btf.KIND_FUNC, "bpf_rdonly_cast"),
+                        (btf.KIND_STRUCT, "sockaddr_un")})
+    return {"cast": got[(btf.KIND_FUNC, "bpf_cast_to_kern_ctx")],
+            "rdonly": got[(btf.KIND_FUNC, "bpf_rdonly_cast")],
+            "sockaddr_un": got[(btf.KIND_STRUCT, "sockaddr_un")]}
+
+
+def create_unix_names() -> int:
+    """The pod's map of abstract Unix names -> pea index (fd). LRU: a name
+    pushed out is in nobody's reach (fail closed), never in another's."""
+    attr = ctypes.create_string_buffer(72)
+    struct.pack_into("<IIIII", attr, 0, BPF_MAP_TYPE_LRU_HASH, UNIX_KEY.size, 4,
+                     UNIX_NAMES_MAX, 0)
+    return _bpf(BPF_MAP_CREATE, attr)
+
+
+def unix_key(name: bytes) -> bytes:
+    """The map key of abstract name ``name`` (sun_path's bytes, leading NUL
+    included, as long as the address says)."""
+    return UNIX_KEY.pack(len(name), name)
+
+
+def record_unix_name(names_fd: int, name: bytes, pea_index: int) -> None:
+    """Note that a process of pea ``pea_index`` bound abstract ``name``."""
+    k = ctypes.create_string_buffer(unix_key(name), UNIX_KEY.size)
+    v = ctypes.create_string_buffer(struct.pack("<I", pea_index), 4)
+    attr = ctypes.create_string_buffer(32)
+    struct.pack_into("<IIQQQ", attr, 0, names_fd, 0, ctypes.addressof(k),
+                     ctypes.addressof(v), 0)       # flags 0: BPF_ANY
+    _bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+
 def create_queue() -> int:
     """The pod's queue of refusal records (fd)."""
     attr = ctypes.create_string_buffer(72)
@@ -260,7 +420,7 @@ def _load(insns: bytes, hook: str) -> int:
     struct.pack_into("<IIQQIIQII16sII", attr, 0, BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
                      len(insns) // 8, ctypes.addressof(code), ctypes.addressof(lic),
                      1, len(log), ctypes.addressof(log), 0, 0,
-                     f"peapod_{hook}".encode(), 0, ATTACH[hook])
+                     f"pp_{hook}"[:15].encode(), 0, ATTACH[hook])
     try:
         return _bpf(BPF_PROG_LOAD, attr)
     except BpfError as e:
@@ -289,15 +449,22 @@ def host_addresses_packed(addresses: list[str]) -> tuple[list[bytes], list[bytes
     return v4, v6
 
 
-def attach_pea(cgroup_dir: str, pea: PeaNet, host_addresses: list[str], queue_fd: int) -> None:
-    """Load the six programs for ``pea`` and attach them to its cgroup.
+def attach_pea(cgroup_dir: str, pea: PeaNet, host_addresses: list[str], queue_fd: int,
+               names_fd: int, ids: dict) -> None:
+    """Load the eight programs for ``pea`` and attach them to its cgroup.
     ``host_addresses``: the addresses connect/send may not reach ([] when
-    the policy allows the host). Raises BpfError naming the failing step."""
+    the policy allows the host); ``names_fd``: the pod's abstract Unix
+    names (``create_unix_names``); ``ids``: ``unix_kfunc_ids()``. Raises
+    BpfError naming the failing step."""
     host4, host6 = host_addresses_packed(host_addresses)
     cg = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for hook in ATTACH:
-            prog = _load(_program(hook, pea, host4, host6, queue_fd), hook)
+            if hook in UNIX_HOOKS:
+                insns = _unix_program(hook, pea, names_fd, queue_fd, ids)
+            else:
+                insns = _program(hook, pea, host4, host6, queue_fd)
+            prog = _load(insns, hook)
             try:
                 _attach(prog, cg, hook)
             except BpfError as e:
@@ -334,7 +501,11 @@ def drain(queue_fd: int, limit: int = 4096) -> list[Refusal]:
             raise
         pid_tgid, op, index, family, port, addr, uid, complain = RECORD.unpack(value.raw)
         port = struct.unpack("!H", struct.pack("<I", port)[:2])[0]
-        if family == 10:
+        if family == AF_UNIX:
+            # "@name" as ss(8) shows abstract names; the record holds 16 bytes.
+            text = addr[1:].rstrip(b"\0").decode("utf-8", "backslashreplace")
+            where = "@" + text + ("..." if len(addr[1:].rstrip(b"\0")) >= 15 else "")
+        elif family == 10:
             where = f"[{ipaddress.IPv6Address(addr)}]:{port}"
         else:
             where = f"{ipaddress.IPv4Address(addr[:4])}:{port}"

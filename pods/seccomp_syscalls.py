@@ -42,6 +42,7 @@ NR = {
     # calls with argument checks in the filter
     "clone": 56, "clone3": 435, "unshare": 272, "personality": 135,
     "mknod": 133, "mknodat": 259, "socket": 41, "socketpair": 53, "fcntl": 72, "ioctl": 16,
+    "bind": 49,
     "prctl": 157, "alarm": 37, "setitimer": 38,
     # processes (mediated)
     "kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129,

@@ -47,6 +47,7 @@ decided inside the kernel by cgroup socket-address BPF programs
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -58,7 +59,7 @@ from collections import Counter
 import trio
 
 from peafs.execwatch import process_exited
-from pods import notify
+from pods import netbpf, notify
 from pods import seccomp_procs as procs
 from pods.seccomp_syscalls import (
     F_SETOWN, IOPRIO_WHO_PGRP,
@@ -66,6 +67,10 @@ from pods.seccomp_syscalls import (
 )
 
 log = logging.getLogger("pods.supervisor")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+AF_UNIX = 1
+SOCKADDR_UN_SIZE = 110      # sun_family + sun_path[108]
 
 SIGMAX = 64
 
@@ -115,6 +120,10 @@ class Supervisor:
         self._armed: dict[int, int] = {}          # host tgid -> pidfd
         self._armed_groups: set[int] = set()      # host pgids
         self._armed_lock = threading.Lock()       # transition_guard runs in PeaFS's thread
+        # The pod's map of abstract Unix names (pods/netbpf.py) and each
+        # pea's index in it; set by the daemon once the programs are attached.
+        self.unix_names: int | None = None
+        self.pea_index: dict[str, int] = {}
 
     # ------------------------------------------------------------ serving
     def add_listener(self, fd: int) -> None:
@@ -556,6 +565,49 @@ class Supervisor:
         if tgid <= 0 or tid <= 0:
             return ERR(errno.EINVAL)
         return self._same_pea_target(fd, note, caller, tid, thread=True, vtgid=tgid)
+
+    # ------------------------------------------------- abstract Unix names
+    def _do_bind(self, fd, note):
+        """bind() with an address length other than sockaddr_in's (16) and
+        sockaddr_in6's (28), which the filter lets through to the kernel's
+        own programs. An abstract Unix name (or an autobind) is bound here,
+        from our copy of the address onto a copy of the caller's descriptor
+        (the same socket), and recorded as the caller's pea's: the kernel's
+        connect and sendmsg programs let only that pea reach it
+        (pods/netbpf.py ``_unix_program``). No sibling thread can change the
+        address after our check: the bind is ours. Anything else continues:
+        a pathname is a file (PeaFS decides), an IP address is judged by the
+        bind programs. If a thread swaps an abstract name into the memory
+        after we read something else, the kernel binds a name we never
+        recorded, which no pea can then reach (fail closed)."""
+        caller = self._caller(note)
+        addrlen = note.arg_uint(2)
+        if addrlen < 2 or addrlen > SOCKADDR_UN_SIZE:
+            return CONT
+        data = notify.read_mem(note.pid, note.args[1], addrlen)
+        if int.from_bytes(data[:2], "little") != AF_UNIX:
+            return CONT
+        if addrlen > 2 and data[2] != 0:
+            return CONT
+        if self.unix_names is None or caller.pea not in self.pea_index:
+            return ERR(errno.EPERM)
+        sock = self._take(note, note.arg_int(0))
+        try:
+            if not notify.id_valid(fd, note.id):
+                return ERR(errno.ESRCH)
+            buf = ctypes.create_string_buffer(data, SOCKADDR_UN_SIZE)
+            if _libc.bind(sock, buf, ctypes.c_uint(addrlen)) != 0:
+                return ERR(ctypes.get_errno())
+            got = ctypes.create_string_buffer(SOCKADDR_UN_SIZE)
+            size = ctypes.c_uint(SOCKADDR_UN_SIZE)
+            if _libc.getsockname(sock, got, ctypes.byref(size)) != 0:
+                return ERR(ctypes.get_errno())
+            name = got.raw[2:size.value]       # an autobind's name too
+            netbpf.record_unix_name(self.unix_names, name, self.pea_index[caller.pea])
+            self.stats["unix names"] += 1
+            return VAL(0)
+        finally:
+            os.close(sock)
 
     # ------------------------------------------------------------ pidfds
     def _take(self, note, remote_fd: int) -> int:

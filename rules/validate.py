@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 
 from .paths import path_problem
-from .policy import (KNOWN_GAPS, RESTART_POLICIES, IdRange, Limits, Mount, Net, Pea, Policy,
-                     Service, normal_perm)
+from .policy import (KNOWN_GAPS, RESTART_POLICIES, RETIRED_GAPS, IdRange, Limits, Mount, Net,
+                     Pea, Policy, Service, normal_perm)
 
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}\Z")
 NAME_RULE = 'use a lower-case letter, then up to 30 lower-case letters, digits or "-"'
@@ -198,7 +198,7 @@ class Checker:
             self.bad(at, f"accept_gaps must be an array of strings (of {known})")
             return frozenset()
         for v in value:
-            if v not in KNOWN_GAPS:
+            if v not in KNOWN_GAPS and v not in RETIRED_GAPS:
                 self.bad(at, f"accept_gaps names an unknown gap {quote(v)} (known: {known})")
         return frozenset(v for v in value if v in KNOWN_GAPS)
 

@@ -651,9 +651,14 @@ class FakePod:
         # The peas' network rules, as the daemon attaches them (no host
         # addresses: the stand-in pod has loopback only).
         self.net_queue = netbpf.create_queue()
+        self.unix_names = netbpf.create_unix_names()
+        ids = netbpf.unix_kfunc_ids()
         for i, (name, pea) in enumerate(self.policy.peas.items() if self.net_rules else ()):
             netbpf.attach_pea(str(cgroup.pea_cgroup(self.name, name)),
-                              netbpf.PeaNet(i, pea.connect, pea.bind, False), [], self.net_queue)
+                              netbpf.PeaNet(i, pea.connect, pea.bind, False), [], self.net_queue,
+                              self.unix_names, ids)
+        self.supervisor.unix_names = self.unix_names
+        self.supervisor.pea_index = {name: i for i, name in enumerate(self.policy.peas)}
         self.ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         rep_r, rep_w = os.pipe()
         go_r, go_w = os.pipe()
@@ -792,6 +797,9 @@ class FakePod:
         if self.net_queue is not None:
             os.close(self.net_queue)
             self.net_queue = None
+        if getattr(self, "unix_names", None) is not None:
+            os.close(self.unix_names)
+            self.unix_names = None
 
 
 @contextlib.asynccontextmanager

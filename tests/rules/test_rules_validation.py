@@ -609,20 +609,22 @@ def test_accept_gaps_names_known_gaps_only():
         [pea.a.files]
         "/" = "r"
         ''') == ['p.toml:4: accept_gaps names an unknown gap "ptrace-all" '
-                 '(known: proc-read, abstract-unix, ipc-after-transition)']
+                 '(known: proc-read, ipc-after-transition)']
     assert problems_of('[pod]\nname = "t"\nroot = "/srv/t"\naccept_gaps = "proc-read"\n'
                        '[pea.a.files]\n"/" = "r"\n') == [
         "p.toml:4: accept_gaps must be an array of strings "
-        "(of proc-read, abstract-unix, ipc-after-transition)"]
+        "(of proc-read, ipc-after-transition)"]
 
 
 def test_a_pod_of_several_peas_names_the_gaps_it_has_not_accepted():
     two = '[pea.a.files]\n"/" = "r"\n[pea.b.files]\n"/" = "r"\n'
     pod = '[pod]\nname = "t"\nroot = "/srv/t"\ndefault_pea = "a"\n'
-    assert policy_of(pod + two).unaccepted_gaps() == [
-        "proc-read", "abstract-unix", "ipc-after-transition"]
-    assert policy_of(pod + 'accept_gaps = ["ipc-after-transition", "proc-read"]\n'
-                     + two).unaccepted_gaps() == ["abstract-unix"]
+    assert policy_of(pod + two).unaccepted_gaps() == ["proc-read", "ipc-after-transition"]
+    assert policy_of(pod + 'accept_gaps = ["ipc-after-transition"]\n'
+                     + two).unaccepted_gaps() == ["proc-read"]
+    # A gap closed since (abstract-unix) is still accepted, and means nothing.
+    assert policy_of(pod + 'accept_gaps = ["abstract-unix", "ipc-after-transition", '
+                     '"proc-read"]\n' + two).unaccepted_gaps() == []
     assert policy_of(MINIMAL).unaccepted_gaps() == []    # one pea: nothing to separate
 
 
