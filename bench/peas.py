@@ -17,6 +17,9 @@ the median per call and the ratio pod/native:
 - socket+bind(8080 listed / 9999 not listed)+close, socket+connect(a closed
   port)+close from pea a (allowed: the kernel's ECONNREFUSED) and from pea b
   (refused, EACCES): decided by the kernel's BPF programs, no round trip;
+- a Unix socket bound to an abstract name (the supervisor performs the
+  bind and records the name: one round trip), and connected to a name of
+  its own pea (the kernel's connect_unix program: no round trip);
 - socket+close and getppid(): neither mediated nor programmed: the cost of
   the filter alone (a BPF search per call).
 
@@ -40,6 +43,8 @@ CASES = [
     ("socket+bind(unlisted)+close (refused)", "bind_listed", "a", 9999),
     ("socket+connect+close (allowed)", "connect", "a", 9),
     ("socket+connect+close (refused)", "connect", "b", 9),
+    ("unix socket+bind(abstract)+close (supervisor binds)", "bind_abstract", "a", 0),
+    ("unix socket+connect(abstract, own pea)+close", "connect_abstract", "a", 0),
     ("socket+close (neither)", "socket_only", "a", 0),
     ("getppid (neither)", "getppid", "a", 0),
 ]

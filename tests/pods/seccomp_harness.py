@@ -498,6 +498,25 @@ def op_bench(kind, n, peer=0):
             except OSError:
                 pass
             s.close()
+    elif kind == "bind_abstract":
+        # An abstract name: the supervisor binds it (one round trip).
+        names = iter(range(1 << 62))
+
+        def one():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.bind(f"\0bench-{os.getpid()}-{next(names)}")
+            s.close()
+    elif kind == "connect_abstract":
+        # To a name of the caller's own pea: the kernel's connect_unix program.
+        if not _bench_server:
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            server.bind(f"\0bench-srv-{os.getpid()}")
+            _bench_server.append(server)
+
+        def one():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.connect(f"\0bench-srv-{os.getpid()}")
+            s.close()
     elif kind == "socket_only":
         def one():
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
@@ -522,6 +541,7 @@ def op_become(uid):
 
 
 _keep = []
+_bench_server: list = []     # the abstract-name server of "connect_abstract", bound once
 
 
 def op_cstring(text):
