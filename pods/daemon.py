@@ -163,7 +163,7 @@ class PodDaemon:
         lasting = runtime.lasting_dir(self.policy.root)
         try:
             lasting.mkdir(mode=0o700, exist_ok=True)
-            self.service_log = services.ServiceLog(services.log_path(lasting))
+            self.service_log = services.ServiceLog(runtime.service_log(lasting))
         except OSError as e:
             raise StartError(f"state directory {lasting}: {e.strerror or e}") from e
         if self.bind_root:

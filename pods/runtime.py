@@ -68,6 +68,16 @@ def audit_log(root: Path) -> Path:
     return lasting_dir(root) / AUDIT_NAME
 
 
+# The services' log (pods/services.py writes it, `pod logs` reads it): here,
+# so that `pod` does not import the daemon's modules (trio) to find it.
+SERVICE_LOG_NAME = "services.log"
+SERVICE_LOG_MAX = 8 << 20    # bytes before services.log becomes services.log.1
+
+
+def service_log(lasting: Path) -> Path:
+    return Path(lasting) / SERVICE_LOG_NAME
+
+
 def read_state(name: str) -> dict | None:
     try:
         return json.loads((pod_dir(name) / "state.json").read_text())

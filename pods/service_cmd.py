@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from peafs.audit import escape_controls
-from pods import control, limits, runtime, services
+from pods import control, limits, runtime
 from pods.lifecycle_cmd import EXIT_USAGE, _connect, _err, pod_processes
 
 
@@ -39,7 +39,7 @@ def _lasting(what: str):
     state = runtime.read_state(what)
     if state is None or "root" not in state or not runtime.is_alive(what):
         return (f"pod {what} is not running; for a stopped pod give its policy file "
-                f"(the log is ROOT.peapod/{services.LOG_NAME} beside the pod's root)")
+                f"(the log is ROOT.peapod/{runtime.SERVICE_LOG_NAME} beside the pod's root)")
     return runtime.lasting_dir(Path(state["root"])), what, state.get("services")
 
 
@@ -100,7 +100,7 @@ def cmd_logs(args) -> int:
     if args.lines is not None and args.lines < 0:
         _err("logs: --lines must be 0 or more")
         return EXIT_USAGE
-    path = services.log_path(lasting)
+    path = runtime.service_log(lasting)
     old = path.with_name(path.name + ".1")
     backlog: list[bytes] = []
     for p in (old, path):
@@ -252,9 +252,9 @@ def register(sub) -> None:
     p = sub.add_parser("logs", help="what a pod's services wrote, kept after `pod stop`",
                        description="Print the services' stdout and stderr and the daemon's "
                                    "events about them (started, exited, restarting), from "
-                                   f"ROOT.peapod/{services.LOG_NAME} (rotated at "
-                                   f"{services.LOG_MAX >> 20} MiB to "
-                                   f"{services.LOG_NAME}.1).")
+                                   f"ROOT.peapod/{runtime.SERVICE_LOG_NAME} (rotated at "
+                                   f"{runtime.SERVICE_LOG_MAX >> 20} MiB to "
+                                   f"{runtime.SERVICE_LOG_NAME}.1).")
     p.add_argument("pod", metavar="NAME|POLICY",
                    help="a running pod's name, or the policy file of any pod")
     p.add_argument("-f", "--follow", action="store_true",

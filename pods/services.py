@@ -31,17 +31,13 @@ from pathlib import Path
 
 import trio
 
-LOG_NAME = "services.log"
-LOG_MAX = 8 << 20           # bytes of services.log before it becomes services.log.1
+from pods.runtime import SERVICE_LOG_MAX as LOG_MAX
+
 LINE_MAX = 4096             # a longer line is cut into pieces of this size
 START_GRACE = 0.5           # seconds a service must survive for `pod start` to succeed
 RESTART_FIRST = 1.0
 RESTART_MAX = 30.0
 RESTART_RESET = 60.0
-
-
-def log_path(lasting: Path) -> Path:
-    return Path(lasting) / LOG_NAME
 
 
 class ServiceLog:

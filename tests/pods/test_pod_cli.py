@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 
 import pytest
@@ -327,3 +328,16 @@ def test_list_escapes_the_reason_of_a_failed_pod(pod_factory):
     r = pod.cli("list")
     assert r.returncode == 0 and "\x1b" not in r.stdout and "\x07" not in r.stdout
     assert "its log ends: OSError: /srv/\\x1b]52;c;aGk=\\x07x (" in r.stdout
+
+
+def test_the_pod_command_does_not_import_the_daemons_modules():
+    """`pod` starts for every command (a `pod exec` of one program, a shell
+    completion): trio alone costs ~110 ms to import, which pods/services.py
+    needs and `pod logs` once pulled in through it."""
+    r = subprocess.run([sys.executable, "-c",
+                        "import sys, pods.cli\n"
+                        "pods.cli.build_parser()\n"
+                        "print(sorted(m for m in ('trio', 'pyfuse3', 'pods.daemon', "
+                        "'pods.services', 'pods.supervisor') if m in sys.modules))"],
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "[]\n", "")
