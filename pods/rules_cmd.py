@@ -100,8 +100,13 @@ def explain(args: argparse.Namespace) -> int:
         print(f"pod rules explain: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
-        print(json.dumps({"pea": pea.name, "path": path, "rule": match.rule,
-                          "kind": match.kind, "perm": match.perm, "exec_to": match.exec_to}))
+        out = {"pea": pea.name, "path": path, "rule": match.rule,
+               "kind": match.kind, "perm": match.perm, "exec_to": match.exec_to}
+        origin = pea.origins.get(match.rule) if match.kind != "default" else None
+        if origin is not None:
+            # Only then: the object of a policy without sets stays as it was.
+            out["origin"] = origin
+        print(json.dumps(out))
     else:
         print(describe(pea, path, match))
     return 0
@@ -148,6 +153,9 @@ def describe(pea: rules.Pea, path: str, match: rules.Match) -> str:
     else:
         why = (f"no rule of {pea.name} covers it, so the implicit \"/\" rule decides: "
                "it grants nothing (fail-safe default)")
+    origin = pea.origins.get(match.rule) if match.kind != "default" else None
+    if origin is not None:
+        why += f" (from rule set {origin}, listed in use)"
     lines = [f"{head}: {why}"]
     if match.kind != "path" and path != "/" and path + "/" in pea.files:
         lines.append(f'note: the directory-default rule "{path}/" applies only below {path}, '
