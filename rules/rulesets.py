@@ -67,7 +67,9 @@ def load_set(name: str, base_dir: Path) -> dict[str, str]:
         text = decode(read_bytes(file, shown), shown)
         document = parse(text, shown)
     except PolicyError as e:
-        raise SetError([f"rule set {_q(name)}: {p}" for p in e.errors]) from None
+        # The reader's words are about policies; this file is a set.
+        raise SetError([f"rule set {_q(name)}: " + str(p).replace("the policy", "the rule set")
+                        .replace("a policy file", "a rule set file") for p in e.errors]) from None
     found: list[tuple[tuple, str]] = []
     for key in document:
         if key != "files":
@@ -83,8 +85,9 @@ def load_set(name: str, base_dir: Path) -> dict[str, str]:
         if problem is not None:
             found.append((at, f"file rule {_q(key)} {problem}"))
         elif not isinstance(perm, str) or normal_perm(perm) is None:
-            found.append((at, f"permission {_q(perm) if isinstance(perm, str) else perm!r} "
-                              f'of {_q(key)} is not a string of letters from "rwx"'))
+            value = _q(perm) if isinstance(perm, str) else repr(perm)
+            found.append((at, f'permission {value} of {_q(key)} is not a string of letters '
+                              'from "rwx"'))
         else:
             out[key] = normal_perm(perm)
     if found:
