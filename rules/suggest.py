@@ -266,7 +266,8 @@ def _suggest_pea(pe: Pea, records, min_files: int) -> PeaSuggestion:
         rule.lines.sort()
         covered += len(rule.lines)
     if already:
-        s.notes.append(f"lines {spans(already)}: the policy allows these by now")
+        s.notes.append(f"line{'s' if len(already) > 1 else ''} {spans(already)}: "
+                       "the policy allows this by now")
     if ports:
         s.net.append(NetChange("bind", sorted(pe.bind) + sorted(ports),
                                sorted(n for ls in ports.values() for n in ls),
@@ -436,7 +437,7 @@ def apply(text: str, suggestions: list[PeaSuggestion], *, today: str,
                     order += 1
                     edits.append((line_start(st.line), order, 0,
                                   f"# pod rules suggest, {today}: was "
-                                  f"{text[st.vstart:st.vend]}; {why}\n"))
+                                  f"{' '.join(text[st.vstart:st.vend].split())}; {why}\n"))
                     order += 1
                     edits.append((st.vstart, order, st.vend - st.vstart, _toml_value(value)))
                 else:

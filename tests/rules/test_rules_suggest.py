@@ -203,7 +203,7 @@ def test_net_lines(tmp_path, pol):
                                                          ("connect", True, [3])]
     assert "review" in s.net[1].note
     assert any("[pod.net] host = false" in n and "yourself" in n for n in s.notes)
-    assert any(n == "lines 2: the policy allows these by now" for n in s.notes)
+    assert any(n == "line 2: the policy allows this by now" for n in s.notes)
 
 
 # -- the edited policy -----------------------------------------------------
@@ -328,7 +328,7 @@ def test_nothing_to_suggest(tmp_path, pol, capsys):
     assert run_suggest(pol, log) == 0
     out, err = capsys.readouterr()
     assert out == ""
-    assert "nothing to add" in err and "lines 1: the policy allows these by now" in err
+    assert "nothing to add" in err and "line 1: the policy allows this by now" in err
 
 
 # -- bad input: one line, exit 2 -------------------------------------------
