@@ -10,8 +10,12 @@ author verifies a rule before a pod runs under it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
+import stat
 import sys
+from pathlib import Path
 
 from typing import TYPE_CHECKING
 
@@ -51,6 +55,26 @@ def register(sub) -> None:
     e.add_argument("--json", action="store_true",
                    help='print {"pea", "path", "rule", "kind", "perm", "exec_to"}')
     e.set_defaults(func=explain)
+
+    g = rsub.add_parser(
+        "suggest", help="propose the rules that would have allowed what the audit log shows",
+        description="Read the pod's audit log (complain-mode grants and refusals) and "
+                    "propose, per pea, the fewest rules that would have allowed them. "
+                    "Prints a unified diff of POLICY (comments and layout kept; each "
+                    "proposed rule says which audit lines it covers); --write applies it. "
+                    "What no rule should change is only reported, on stderr.")
+    g.add_argument("policy", metavar="POLICY", help="policy file (TOML)")
+    g.add_argument("--pea", metavar="PEA", help="only this pea")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--from", dest="log", metavar="AUDIT_LOG",
+                     help="audit log to read (default: ROOT.peapod/audit.log of the policy's root)")
+    src.add_argument("--pod", metavar="NAME", help="the audit log of running pod NAME")
+    g.add_argument("--min-files", type=int, default=4, metavar="K",
+                   help="files directly in one directory, needing the same letters, that "
+                        "make a directory rule (default 4; 0: exact rules only)")
+    g.add_argument("--write", action="store_true",
+                   help="write the change into POLICY (atomically, after checking it)")
+    g.set_defaults(func=suggest)
 
 
 def _load(path: str) -> rules.Policy | None:
@@ -100,8 +124,13 @@ def explain(args: argparse.Namespace) -> int:
         print(f"pod rules explain: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
-        print(json.dumps({"pea": pea.name, "path": path, "rule": match.rule,
-                          "kind": match.kind, "perm": match.perm, "exec_to": match.exec_to}))
+        out = {"pea": pea.name, "path": path, "rule": match.rule,
+               "kind": match.kind, "perm": match.perm, "exec_to": match.exec_to}
+        origin = pea.origins.get(match.rule) if match.kind != "default" else None
+        if origin is not None:
+            # Only then: the object of a policy without sets stays as it was.
+            out["origin"] = origin
+        print(json.dumps(out))
     else:
         print(describe(pea, path, match))
     return 0
@@ -148,6 +177,9 @@ def describe(pea: rules.Pea, path: str, match: rules.Match) -> str:
     else:
         why = (f"no rule of {pea.name} covers it, so the implicit \"/\" rule decides: "
                "it grants nothing (fail-safe default)")
+    origin = pea.origins.get(match.rule) if match.kind != "default" else None
+    if origin is not None:
+        why += f" (from rule set {origin}, listed in use)"
     lines = [f"{head}: {why}"]
     if match.kind != "path" and path != "/" and path + "/" in pea.files:
         lines.append(f'note: the directory-default rule "{path}/" applies only below {path}, '
@@ -163,3 +195,126 @@ def describe(pea: rules.Pea, path: str, match: rules.Match) -> str:
     elif "x" in match.perm:
         lines.append(f"executing it keeps the process in pea {pea.name} (no transition)")
     return "\n".join(lines)
+
+
+def _suggest_error(message: str) -> int:
+    print(f"pod rules suggest: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _log_path(args, policy) -> Path | str:
+    """The audit log to read, or why there is none."""
+    from pods import runtime
+
+    if args.log:
+        return Path(args.log)
+    if args.pod:
+        if not runtime.NAME_RE.match(args.pod):
+            return f"{args.pod!r} is not a pod name"
+        state = runtime.read_state(args.pod)
+        if state is None or "root" not in state:
+            return (f"pod {args.pod} is not running; without it give the log with --from, "
+                    "or let the policy's root name it")
+        return runtime.audit_log(Path(state["root"]))
+    return runtime.audit_log(policy.root)
+
+
+def suggest(args: argparse.Namespace) -> int:
+    import datetime
+
+    import rules
+    from peafs.audit import escape_controls
+    from rules import suggest as sg
+
+    try:
+        before = Path(args.policy).read_bytes()
+    except OSError:
+        before = None       # load below says why, in its usual words
+    policy = _load(args.policy)
+    if policy is None:
+        return EXIT_BAD_INPUT
+    if args.pea is not None and args.pea not in policy.peas:
+        return _suggest_error(f"policy {args.policy} has no pea {args.pea!r} "
+                              f"(peas: {', '.join(policy.peas)})")
+    log = _log_path(args, policy)
+    if isinstance(log, str):
+        return _suggest_error(log)
+    try:
+        data = log.read_text("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        return _suggest_error(f"no audit log at {log} (run the pod in complain mode first)")
+    except IsADirectoryError:
+        return _suggest_error(f"{log} is a directory, not an audit log")
+    except OSError as e:
+        return _suggest_error(f"cannot read {log}: {e.strerror}")
+    try:
+        records = sg.parse_log(data, str(log))
+        sg.check_records(policy, records, str(log), args.policy)
+        found = sg.suggest(policy, records, pea=args.pea, min_files=args.min_files)
+    except sg.SuggestError as e:
+        return _suggest_error(str(e))
+    for s in found:
+        for note in s.notes:
+            print(f"note: pea {s.pea}: {escape_controls(note)}", file=sys.stderr)
+    if all(s.empty() for s in found):
+        print(f"pod rules suggest: nothing to add: {policy.name}'s policy already allows "
+              f"what {log} shows (or no rule should)", file=sys.stderr)
+        return 0
+    if before is None:
+        return _suggest_error(f"cannot read {args.policy}")
+    text = before.decode("utf-8")
+    today = datetime.date.today().isoformat()
+    try:
+        new = sg.apply(text, found, today=today, log_name=str(log))
+        try:
+            edited = rules.loads(new, args.policy, base_dir=Path(args.policy).resolve().parent)
+        except rules.PolicyError as e:
+            raise sg.SuggestError(f"the edited policy would not load ({e.errors[0]}): "
+                                  "add the rules by hand") from None
+        sg.verify(policy, edited, found)
+    except sg.SuggestError as e:
+        return _suggest_error(str(e))
+    if not args.write:
+        diff = difflib.unified_diff(text.splitlines(keepends=True), new.splitlines(keepends=True),
+                                    fromfile=args.policy, tofile=args.policy + " (suggested)")
+        # Paths in the diff come from the pod: no terminal escapes through.
+        sys.stdout.write(escape_controls("".join(diff)))
+        return 0
+    return _write(args.policy, before, new)
+
+
+def _write(shown: str, before: bytes, new: str) -> int:
+    """Replace the policy by *new*: a temporary file beside it, renamed over
+    it, so a reader (a starting pod) sees the old file or the new one,
+    never half; refused if the file changed since it was read."""
+    import tempfile
+
+    target = os.path.realpath(shown)       # a link to a policy: write the policy
+    try:
+        st = os.stat(target)
+        if Path(target).read_bytes() != before:
+            return _suggest_error(f"{shown} changed while suggestions were made; nothing "
+                                  "written (run pod rules suggest again)")
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target),
+                                   prefix="." + os.path.basename(target) + ".")
+    except OSError as e:
+        return _suggest_error(f"cannot write {shown}: {e.strerror}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(new.encode("utf-8"))
+            os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
+            try:
+                os.fchown(f.fileno(), st.st_uid, st.st_gid)
+            except OSError:
+                pass        # not root: the file is ours, as the user's edit would be
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return _suggest_error(f"cannot write {shown}: {e.strerror}")
+    print(f"{shown}: rules added (pod rules check {shown} to review)", file=sys.stderr)
+    return 0

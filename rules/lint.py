@@ -6,7 +6,9 @@ author most likely did not mean:
 
 * a transition that can never happen, because the pea that would execute
   the program has no "x" on it (DESIGN s.4: "A must have x on P");
-* a pea in complain mode, which logs refusals but enforces nothing.
+* a pea in complain mode, which logs refusals but enforces nothing;
+* a rule that replaces a rule set's rule for the same key with other
+  letters (the pea's own rule wins; a later set wins over an earlier one).
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ def warnings(policy: Policy, text: str, shown: str) -> list[Problem]:
             found.append((("pea", pea.name, "complain"),
                           f"pea {pea.name} is in complain mode: its refusals are logged, "
                           "not enforced"))
+        for key, perm, origin, old, old_origin in pea.conflicts:
+            # The pea's own rule is at its key; a set's rule at the use key.
+            at = ("pea", pea.name, "files", key) if origin is None else ("pea", pea.name, "use")
+            found.append((at, f'rule "{key}" = "{perm}" of '
+                              f"{'pea ' + pea.name if origin is None else 'rule set ' + origin} "
+                              f'replaces "{key}" = "{old}" of rule set {old_origin}'))
         for key, target in pea.exec.items():
             if not _may_execute(pea, key):
                 found.append((("pea", pea.name, "exec", key),

@@ -107,20 +107,29 @@ DENY_ALL = Match("", "/", "default", None)
 class Pea:
     """A least-privilege domain: its file rules, transitions and network rights.
 
-    ``files`` and ``exec`` are the pea's own rules as written in the policy
-    (permissions normalised to "rwx" order), in file order.
+    ``files`` and ``exec`` are the pea's rules as written in the policy
+    (permissions normalised to "rwx" order), in file order; ``files`` holds
+    those of the rule sets it uses too (``use``). ``origins`` maps each key
+    that came from a set to the set's name (the pea's own keys are not in
+    it); ``conflicts`` lists (key, perm, origin, replaced perm, replaced
+    origin) for each rule that replaced another with different letters
+    (origin None: the pea's own rule).
     """
 
-    __slots__ = ("name", "complain", "connect", "bind", "files", "exec", "_root", "_shadow")
+    __slots__ = ("name", "complain", "connect", "bind", "files", "exec", "origins",
+                 "conflicts", "_root", "_shadow")
 
     def __init__(self, name: str, *, files: Mapping[str, str] | None = None,
                  exec: Mapping[str, str] | None = None, complain: bool = False,
-                 connect: bool = False, bind=()):
+                 connect: bool = False, bind=(), origins: Mapping[str, str] | None = None,
+                 conflicts=()):
         self.name = name
         self.complain = bool(complain)
         self.connect = bool(connect)
         self.bind = frozenset(bind)
         self.files = types.MappingProxyType(dict(files or {}))
+        self.origins = types.MappingProxyType(dict(origins or {}))
+        self.conflicts = tuple(conflicts)
         self.exec = types.MappingProxyType(dict(exec or {}))
         root = new_node()
         root.dir = DENY_ALL

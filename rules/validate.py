@@ -41,7 +41,7 @@ USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?\Z")
 MOUNT_KEYS = ("host", "path", "rw")
 POD_NET_KEYS = ("address", "host")
 LIMIT_KEYS = ("memory", "pids")
-PEA_KEYS = ("complain", "files", "exec", "net")
+PEA_KEYS = ("complain", "files", "exec", "net", "use")
 PEA_NET_KEYS = ("connect", "bind")
 
 
@@ -92,6 +92,7 @@ class Checker:
         self.base_dir = base_dir
         self.problems: list[tuple[tuple, str]] = []
         self.pea_names: list[str] = []   # every well-formed pea name, valid pea or not
+        self.sets: dict = {}             # rule set name -> rules or SetError (read once)
 
     def bad(self, path: tuple, message: str) -> None:
         self.problems.append((path, message))
@@ -598,10 +599,66 @@ class Checker:
                 bind = self.ports(net, at + ("net",))
                 if bind is None:
                     ok = False
+        used = self.use(table, at, files)
+        if not ok or used is None:
+            return None
+        files, origins, conflicts = used
+        return Pea(name, files=files, exec=transitions, complain=bool(complain),
+                   connect=bool(connect), bind=bind, origins=origins, conflicts=conflicts)
+
+    def use(self, table: dict, at: tuple, own: dict[str, str]):
+        """The pea's files rules with those of its ``use`` sets: (files,
+        origins, conflicts), or None after reporting a problem.
+
+        Sets are taken in the order listed, a later set's rule replacing an
+        earlier one's for the same key; the pea's own rule for a key always
+        wins. Where the letters differ, ``conflicts`` records it for
+        ``pod rules check``'s warnings: a silent override would hide that
+        the set meant something else."""
+        from .rulesets import SetError, load_set
+
+        if "use" not in table:
+            return own, {}, ()
+        value = table["use"]
+        kp = at + ("use",)
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            self.bad(kp, 'use must be an array of rule set names (strings), like '
+                         '["loader", "libc"]')
+            return None
+        merged: dict[str, str] = {}
+        origins: dict[str, str] = {}
+        conflicts = []
+        ok = True
+        for i, name in enumerate(value):
+            if name in value[:i]:
+                self.bad(kp, f"use lists rule set {quote(name)} twice")
+                ok = False
+                continue
+            if name not in self.sets:
+                try:
+                    self.sets[name] = load_set(name, self.base_dir)
+                except SetError as e:
+                    self.sets[name] = e
+            rules = self.sets[name]
+            if isinstance(rules, SetError):
+                for message in rules.messages:
+                    self.bad(kp, message)
+                ok = False
+                continue
+            for key, perm in rules.items():
+                if key in merged and merged[key] != perm:
+                    conflicts.append((key, perm, name, merged[key], origins[key]))
+                merged[key] = perm
+                origins[key] = name
         if not ok:
             return None
-        return Pea(name, files=files, exec=transitions, complain=bool(complain),
-                   connect=bool(connect), bind=bind)
+        for key, perm in own.items():
+            if key in merged:
+                if merged[key] != perm:
+                    conflicts.append((key, perm, None, merged[key], origins[key]))
+                del origins[key]
+            merged[key] = perm
+        return merged, origins, tuple(conflicts)
 
     def ports(self, net: dict, at: tuple) -> tuple[int, ...] | None:
         if "bind" not in net:

@@ -143,7 +143,7 @@ def test_unknown_keys_at_every_level_are_all_reported():
         'p.toml:9: unknown key "ro" in [[pod.mount]] #1 (expected host, path, rw)',
         'p.toml:12: unknown key "gateway" in [pod.net] (expected address, host)',
         'p.toml:14: unknown key "cpu" in [pod.limits] (expected memory, pids)',
-        'p.toml:16: unknown key "complains" in [pea.a] (expected complain, files, exec, net)',
+        'p.toml:16: unknown key "complains" in [pea.a] (expected complain, files, exec, net, use)',
         'p.toml:20: unknown key "listen" in [pea.a.net] (expected connect, bind)',
     ]
 
@@ -151,7 +151,7 @@ def test_unknown_keys_at_every_level_are_all_reported():
 def test_unknown_table_points_at_its_header():
     text = MINIMAL + "[pea.a.file]\n'/x' = 'r'\n"
     assert problems_of(text) == [
-        'p.toml:7: unknown key "file" in [pea.a] (expected complain, files, exec, net)']
+        'p.toml:7: unknown key "file" in [pea.a] (expected complain, files, exec, net, use)']
 
 
 def test_unknown_key_written_as_a_dotted_key():
