@@ -133,6 +133,28 @@ class PeaFSSession:
         if self.watch is not None:
             self.watch.guard = guard
 
+    def swap_policy(self, new) -> None:
+        """Decide every later request by ``new`` (`pod rules reload`). Run it
+        on the file system's own loop (``trio.from_thread.run_sync`` with
+        ``pyfuse3.trio_token``): there it falls between two handlers' steps,
+        so no link rule added under the old policy is lost, and no request
+        sees half of each. The link rules made in the pod are state, not
+        policy: they carry over. The kernel caches nothing a pea decides
+        (ARCHITECTURE.md, "Caches"), so nothing needs dropping there."""
+        links = {}
+        for path, entry in self.policy.links().items():
+            # A pea the new policy drops loses its link rules; a link that
+            # moved a process into such a pea now grants nothing.
+            links[path] = {pea: (rule if rule["exec_to"] in (None, *new.peas)
+                                 else {"perm": "", "exec_to": None})
+                           for pea, rule in entry.items() if pea in new.peas}
+        new.restore_links(links)
+        self.policy = new
+        if self.ops is not None:
+            self.ops.policy = new
+            self.ops.links.policy = new
+            self.ops.enf.policy = new
+
     def _fuse_dev(self) -> int:
         """The device number of our mount (a stat of the mount point would
         be a request to ourselves)."""

@@ -114,8 +114,11 @@ class PodDaemon:
         self.ipc_ns: dict[str, int] = {}          # pea -> fd of its IPC namespace
         self.net_queue: int | None = None          # BPF queue of network refusals
         self.unix_names: int | None = None         # BPF map: abstract Unix name -> pea
+        self.net_progs: dict[str, dict[str, int]] = {}   # pea -> {hook: program fd}
+        self.kfunc_ids: dict = {}
         self.pea_order: list[str] = []             # pea index in those records -> name
         self._ipc_lock = trio.Lock()
+        self._reload_lock = trio.Lock()
         self.veth: str | None = None
         self.stop_event: trio.Event | None = None
         self.active_execs = 0
@@ -251,12 +254,16 @@ class PodDaemon:
         self.net_queue = netbpf.create_queue()
         self.unix_names = netbpf.create_unix_names()
         ids = netbpf.unix_kfunc_ids()
+        self.kfunc_ids = ids
         self.pea_order = list(self.policy.peas)
         for i, name in enumerate(self.pea_order):
-            pea = self.policy.peas[name]
-            netbpf.attach_pea(str(cgroup.pea_cgroup(self.name, name)),
-                              netbpf.PeaNet(i, pea.connect, pea.bind, pea.complain),
-                              hosts, self.net_queue, self.unix_names, ids)
+            self.net_progs[name] = self._attach_pea_net(name, i, self.policy.peas[name], hosts)
+
+    def _attach_pea_net(self, name: str, index: int, pea, hosts) -> dict[str, int]:
+        return netbpf.attach_pea(str(cgroup.pea_cgroup(self.name, name)),
+                                 netbpf.PeaNet(index, pea.connect, pea.bind, pea.complain),
+                                 hosts, self.net_queue, self.unix_names, self.kfunc_ids,
+                                 keep=True)
 
     def _log_net_refusals(self) -> None:
         """Move the kernel's refusal records into the audit log."""
@@ -271,7 +278,7 @@ class PodDaemon:
                 rule = "abstract Unix name of another pea"
             elif r.op == "bind":
                 rule = "bind"
-            elif self.policy.peas[name].connect:
+            elif name in self.policy.peas and self.policy.peas[name].connect:
                 rule = "[pod.net] host = false"
             else:
                 rule = "connect = false"
@@ -458,6 +465,9 @@ class PodDaemon:
                 await self._exec(conn, msg, fds)
             elif op == "status":
                 await control.asend_msg(conn, self.status())
+            elif op == "reload":
+                async with self._reload_lock:
+                    await control.asend_msg(conn, await self.reload(msg.get("policy")))
             else:
                 await control.asend_msg(conn, {"error": f"unknown op {op!r}", "status": 2})
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -469,6 +479,97 @@ class PodDaemon:
                 except OSError:
                     pass
             conn.close()
+
+    # ------------------------------------------------------------ reload
+
+    # What a reload may not change: the pod's namespaces, mounts, limits and
+    # services were made from them at start.
+    FIXED = (("name", "the pod's name"), ("hostname", "hostname"), ("root", "root"),
+             ("uid_map", "uid_map"), ("gid_map", "gid_map"), ("default_pea", "default_pea"),
+             ("mounts", "[[pod.mount]]"), ("net", "[pod.net]"), ("limits", "[pod.limits]"),
+             ("services", "init and [[pod.service]]"))
+
+    async def reload(self, path) -> dict:
+        """`pod rules reload`: apply a changed policy to the running pod.
+
+        The pea rules, complain flags, transitions and network rules change
+        for every later decision; processes keep their pea. In order: the
+        kernel's programs (each pea's new programs attached before its old
+        ones go, so a pea is never without rules), new peas' cgroups, then
+        PeaFS's policy in one step on its own loop (``swap_policy``)."""
+        path = str(path or self.state.get("policy", ""))
+        try:
+            new = await trio.to_thread.run_sync(rules.load, path)
+        except rules.PolicyError as e:
+            return {"error": str(e), "status": 2}
+        except OSError as e:
+            return {"error": f"{path}: {e.strerror}", "status": 2}
+        old = self.policy
+        for attr, what in self.FIXED:
+            if getattr(new, attr) != getattr(old, attr):
+                return {"error": f"reload cannot change {what}: stop and start the pod for "
+                                 f"that", "status": 2}
+        missing = new.unaccepted_gaps()
+        if missing:
+            return {"error": f"the new policy has {len(new.peas)} peas and does not accept "
+                             f"the known gaps {', '.join(missing)} (docs/SECURITY.md): add "
+                             f"them to [pod] accept_gaps", "status": 2}
+        removed = [p for p in old.peas if p not in new.peas]
+        for pea in removed:
+            pids = [p for p in cgroup.pids_in(self.name)
+                    if cgroup.pea_of(p, self.name) == pea]
+            if pids:
+                return {"error": f"pea {pea} still has {len(pids)} process(es): stop them "
+                                 f"before a policy without it is loaded", "status": 2}
+        added = [p for p in new.peas if p not in old.peas]
+        try:
+            await trio.to_thread.run_sync(self._reload_kernel, new, added, removed)
+        except (OSError, cgroup.CgroupError) as e:
+            return {"error": f"network rules of the new policy: {e}", "status": 1}
+        if self.session is not None and self.session.ops is not None:
+            import pyfuse3
+
+            def swap():
+                trio.from_thread.run_sync(self.session.swap_policy, new,
+                                          trio_token=pyfuse3.trio_token)
+            await trio.to_thread.run_sync(swap)
+        self.policy = new
+        if self.supervisor is not None:
+            self.supervisor.policy = new
+            self.supervisor.pea_index = {p: i for i, p in enumerate(self.pea_order)
+                                         if p in new.peas}
+        self.state["peas"] = list(new.peas)
+        runtime.write_state(self.name, self.state)
+        changed = [p for p in new.peas if p in old.peas and
+                   (new.peas[p].complain, new.peas[p].connect, new.peas[p].bind)
+                   != (old.peas[p].complain, old.peas[p].connect, old.peas[p].bind)]
+        return {"ok": True, "policy": path, "added": added, "removed": removed,
+                "network_changed": changed}
+
+    def _reload_kernel(self, new, added: list[str], removed: list[str]) -> None:
+        """Each pea's network programs replaced, new peas' cgroups made."""
+        net = new.net
+        hosts = netns.host_addresses() if net is not None and not net.host else []
+        cgroup.ensure_peas(self.name, added)
+        v1 = [str(d / "cgroup.procs") for d in limits.v1_dirs(self.name)]
+        for pea in added:
+            # An index of its own, never reused: records in the queue and
+            # names in the Unix-name map carry indices.
+            self.pea_order.append(pea)
+            self.cgroup_files[pea] = [str(cgroup.pea_cgroup(self.name, pea) / "cgroup.procs"),
+                                      *v1]
+        for pea in new.peas:
+            index = self.pea_order.index(pea)
+            fresh = self._attach_pea_net(pea, index, new.peas[pea], hosts)
+            old = self.net_progs.pop(pea, None)
+            self.net_progs[pea] = fresh
+            if old:
+                netbpf.detach(str(cgroup.pea_cgroup(self.name, pea)), old)
+        for pea in removed:
+            old = self.net_progs.pop(pea, None)
+            if old:
+                netbpf.detach(str(cgroup.pea_cgroup(self.name, pea)), old)
+            self.cgroup_files.pop(pea, None)
 
     def status(self) -> dict:
         return {"ok": True, "name": self.name, "daemon_pid": os.getpid(),
@@ -653,6 +754,10 @@ class PodDaemon:
         if self.unix_names is not None:
             os.close(self.unix_names)
             self.unix_names = None
+        for progs in self.net_progs.values():
+            for fd in progs.values():
+                os.close(fd)
+        self.net_progs.clear()
         if self.service_log is not None:
             self.service_log.close()
         if self.session is not None:

@@ -48,6 +48,7 @@ BPF_MAP_CREATE = 0
 BPF_MAP_UPDATE_ELEM = 2
 BPF_PROG_LOAD = 5
 BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
 BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 BPF_MAP_TYPE_QUEUE = 22
 BPF_MAP_TYPE_LRU_HASH = 9
@@ -450,13 +451,16 @@ def host_addresses_packed(addresses: list[str]) -> tuple[list[bytes], list[bytes
 
 
 def attach_pea(cgroup_dir: str, pea: PeaNet, host_addresses: list[str], queue_fd: int,
-               names_fd: int, ids: dict) -> None:
+               names_fd: int, ids: dict, keep: bool = False) -> dict[str, int]:
     """Load the eight programs for ``pea`` and attach them to its cgroup.
     ``host_addresses``: the addresses connect/send may not reach ([] when
     the policy allows the host); ``names_fd``: the pod's abstract Unix
-    names (``create_unix_names``); ``ids``: ``unix_kfunc_ids()``. Raises
-    BpfError naming the failing step."""
+    names (``create_unix_names``); ``ids``: ``unix_kfunc_ids()``. With
+    ``keep``, returns {hook: program fd}, the caller's to ``detach`` them
+    later (a policy reload); else closes them (the attachment holds a
+    program) and returns {}. Raises BpfError naming the failing step."""
     host4, host6 = host_addresses_packed(host_addresses)
+    kept: dict[str, int] = {}
     cg = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for hook in ATTACH:
@@ -468,10 +472,41 @@ def attach_pea(cgroup_dir: str, pea: PeaNet, host_addresses: list[str], queue_fd
             try:
                 _attach(prog, cg, hook)
             except BpfError as e:
+                os.close(prog)
                 raise BpfError(e.errno, f"attaching the {hook} program to {cgroup_dir}: "
                                         f"{e.strerror}") from None
+            if keep:
+                kept[hook] = prog
+            else:
+                os.close(prog)
+    except BaseException:
+        for fd in kept.values():
+            os.close(fd)
+        raise
+    finally:
+        os.close(cg)
+    return kept
+
+
+def detach(cgroup_dir: str, progs: dict[str, int]) -> None:
+    """Detach the programs ``attach_pea(..., keep=True)`` returned, and
+    close them. With several programs on a hook (BPF_F_ALLOW_MULTI) the
+    kernel runs them all and a call passes only if each allows it: a reload
+    attaches the new ones first, so the pea is never without its rules."""
+    cg = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        first = None
+        for hook, prog in progs.items():
+            attr = ctypes.create_string_buffer(24)
+            struct.pack_into("<IIII", attr, 0, cg, prog, ATTACH[hook], 0)
+            try:
+                _bpf(BPF_PROG_DETACH, attr)
+            except BpfError as e:
+                first = first or e
             finally:
-                os.close(prog)   # the attachment holds the program
+                os.close(prog)
+        if first is not None:
+            raise first
     finally:
         os.close(cg)
 

@@ -76,6 +76,73 @@ def register(sub) -> None:
                    help="write the change into POLICY (atomically, after checking it)")
     g.set_defaults(func=suggest)
 
+    r = rsub.add_parser(
+        "reload", help="apply a changed policy to a running pod, without a restart",
+        description="Apply POLICY (default: the file the pod was started from) to running "
+                    "pod NAME: pea rules, complain flags, transitions and network rules "
+                    "change for every later decision; processes keep their pea; peas may "
+                    "be added, and removed when no process is in them. The pod's name, "
+                    "root, id maps, mounts, network address, limits and services cannot "
+                    "change without a restart. Needs root.")
+    r.add_argument("name", metavar="NAME", help="a running pod")
+    r.add_argument("policy", metavar="POLICY", nargs="?",
+                   help="the new policy file (default: the one the pod started from)")
+    r.set_defaults(func=reload)
+
+
+def reload(args) -> int:
+    """`pod rules reload NAME [POLICY]`: the daemon checks and applies it."""
+    from pods import control
+    from pods.lifecycle_cmd import _connect, _err
+
+    if os.geteuid() != 0:
+        _err("rules reload needs root (it talks to the pod's daemon)")
+        return EXIT_BAD_INPUT
+    policy = None
+    if args.policy is not None:
+        policy = str(Path(args.policy).resolve())
+        problem = _load_problem(args.policy)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return EXIT_BAD_INPUT
+    s = _connect(args.name)
+    if s is None:
+        return EXIT_BAD_INPUT
+    try:
+        control.send_msg(s, {"op": "reload", "policy": policy})
+        s.settimeout(120)
+        reply, fds = control.recv_msg(s)
+        for fd in fds:
+            os.close(fd)
+    finally:
+        s.close()
+    if not reply:
+        _err(f"pod {args.name}: its daemon did not answer")
+        return 1
+    if "error" in reply:
+        _err(f"rules reload {args.name}: {reply['error']}")
+        return int(reply.get("status", 1))
+    parts = [f"pod {args.name} now runs {reply['policy']}"]
+    if reply.get("added"):
+        parts.append("added peas " + ", ".join(reply["added"]))
+    if reply.get("removed"):
+        parts.append("removed peas " + ", ".join(reply["removed"]))
+    print("; ".join(parts))
+    return 0
+
+
+def _load_problem(path: str) -> str | None:
+    """Why ``path`` is not a valid policy (FILE:LINE lines), or None."""
+    import rules
+
+    try:
+        rules.load(path)
+    except rules.PolicyError as e:
+        return str(e)
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    return None
+
 
 def _load(path: str) -> rules.Policy | None:
     import rules
