@@ -210,8 +210,17 @@ class PeaFS(pyfuse3.Operations):
         no longer apply, and the "other" bits carry what this caller may do.
         Timeouts are 0, so the kernel asks again for every caller.
         """
-        perm = self.enf.granted(pea, self._paths(ino)) if pea is not None else ""
+        paths = self._paths(ino)
+        perm = self.enf.granted(pea, paths) if pea is not None else ""
         if "r" in perm and "w" in perm:
+            return
+        if pea is not None and pea.complain:
+            # Complain mode: the true attributes (the kernel's own check then
+            # decides alone), and what the pea would have been refused in the
+            # log, which is what `pod rules suggest` learns rules from. The
+            # kernel opens the object without asking us, so this is the one
+            # moment we see it.
+            self.enf.log_special(ctx, pea, paths, ino.fmt == stat.S_IFSOCK)
             return
         mode = a.st_mode & 0o777
         vuid = self.ids.uid.to_virtual(ctx.uid)

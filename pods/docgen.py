@@ -267,7 +267,8 @@ def _tp(tag: str, text: str) -> list[str]:
 
 def _arg_tag(arg: Arg) -> str:
     if not arg.options:
-        return _arg_words(arg)
+        # An item's tag names the argument; the synopsis shows it optional.
+        return _i(arg.metavar) if arg.nargs == argparse.OPTIONAL else _arg_words(arg)
     value = "" if arg.nargs == 0 else " " + _arg_words(arg)
     return ", ".join(_b(o) for o in arg.options) + value
 

@@ -80,6 +80,29 @@ out = {"read": read("ro/f"), "mkdir": E(os.mkdir, "ro/d")}
     assert ("mkdir", "/ro", "w") in [(e["operation"], e["path"], e["need"]) for e in entries]
 
 
+def test_complain_mode_lets_fifos_and_sockets_be_used(peafs_mount):
+    """FIFOs and sockets are opened by the kernel from the attributes PeaFS
+    answers per pea; in complain mode those were the refusing ones, so a
+    FIFO made by a complain pea was unusable (EACCES): Postfix's master
+    exited at once under a learning policy. Now the pea gets the true
+    attributes and the log gets what it would have been refused."""
+    m = _mount(peafs_mount)
+    (m.root / "spool").mkdir(mode=0o777)
+    got = run_snippet(m, "learn", r'''
+import socket
+os.mkfifo("spool/fifo", 0o600)
+fd = os.open("spool/fifo", os.O_RDWR | os.O_NONBLOCK)
+os.write(fd, b"x"); os.close(fd)
+srv = socket.socket(socket.AF_UNIX); srv.bind("spool/sock"); srv.listen(1)
+c = socket.socket(socket.AF_UNIX)
+out = {"connect": E(c.connect, "spool/sock")}
+''')
+    assert got == {"connect": "OK"}
+    seen = {(e["operation"], e["path"], e["need"], e["complain"]) for e in m.audit()}
+    assert ("open", "/spool/fifo", "w", True) in seen, seen
+    assert ("connect", "/spool/sock", "w", True) in seen, seen
+
+
 def test_barrier_refusals_are_logged(peafs_mount):
     m = _mount(peafs_mount)
     mp = str(m.mountpoint)
