@@ -43,9 +43,10 @@ class AuditLog:
       letters, rule) within REPEAT_WINDOW seconds are written once; the first line
       is followed, when the window closes, by the same entry with
       ``"repeated": N`` (the N not written);
-    - each pea has a budget of lines (RATE a second, BURST at once); lines
-      beyond it are counted and a ``{"dropped": N}`` line for that pea is
-      written when it may write again (or at close);
+    - each pea has a budget of lines (RATE a second, BURST at once; a pea in
+      complain mode a wider one for its complain lines, COMPLAIN_RATE and
+      COMPLAIN_BURST); lines beyond it are counted and a ``{"dropped": N}``
+      line for that pea is written when it may write again (or at close);
     - at MAX_BYTES the file is renamed to ``audit.log.1`` (replacing the
       previous one) and a new one is started.
 
@@ -54,6 +55,12 @@ class AuditLog:
 
     RATE = 50.0
     BURST = 200.0
+    # A pea in complain mode is being learned (`pod rules suggest`): its
+    # lines are the policy to be, and a service's start alone makes hundreds
+    # (every library, every file of its configuration). They get a budget
+    # of their own, wider; the file stays bounded by MAX_BYTES.
+    COMPLAIN_RATE = 2000.0
+    COMPLAIN_BURST = 20000.0
     REPEAT_WINDOW = 10.0
     REPEAT_KEYS = 10_000          # distinct refusals remembered at once
     MAX_BYTES = 8 << 20
@@ -63,7 +70,7 @@ class AuditLog:
         self.pod = pod
         self._lock = threading.Lock()
         self._repeats: dict[tuple, list] = {}     # key -> [since, count, entry]
-        self._tokens: dict[str | None, list] = {}  # pea -> [tokens, last refill]
+        self._tokens: dict[tuple, list] = {}  # (pea, complain) -> [tokens, last refill]
         self._dropped: dict[str | None, int] = {}
         self._open()
 
@@ -86,7 +93,7 @@ class AuditLog:
             if seen is not None:
                 seen[1] += 1
                 return
-            if not self._take(pea, now):
+            if not self._take(pea, now, complain):
                 self._dropped[pea] = self._dropped.get(pea, 0) + 1
                 return
             self._report_dropped(pea)
@@ -100,9 +107,11 @@ class AuditLog:
             self._repeats[key] = [now, 0, entry]
             self._write(entry)
 
-    def _take(self, pea, now: float) -> bool:
-        bucket = self._tokens.setdefault(pea, [self.BURST, now])
-        bucket[0] = min(self.BURST, bucket[0] + (now - bucket[1]) * self.RATE)
+    def _take(self, pea, now: float, complain: bool = False) -> bool:
+        rate, burst = ((self.COMPLAIN_RATE, self.COMPLAIN_BURST) if complain
+                       else (self.RATE, self.BURST))
+        bucket = self._tokens.setdefault((pea, complain), [burst, now])
+        bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
         bucket[1] = now
         if bucket[0] < 1.0:
             return False

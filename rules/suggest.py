@@ -11,8 +11,8 @@ What is proposed, per pea:
   exact path, plus what the path already had (a new path-specific rule
   replaces the closer rule for that path only, so it must not take letters
   away); an existing rule whose key is exactly the path is widened in place;
-* at least ``min_files`` files directly in one directory that needed the
-  same letters become one directory-default rule on it, unless that rule
+* at least ``min_files`` files directly in one directory become one
+  directory-default rule on it, granting the letters any of them needed, unless that rule
   would grant something the log shows refused and not proposed (a "wall":
   a refusal no rule should lift, like a deliberate ``""`` rule or a hard
   link to a file the pea may not touch), or the directory lies under a
@@ -21,7 +21,8 @@ What is proposed, per pea:
   propose ``connect = true``, marked for review.
 
 Never proposed, only reported: refusals by a rule that grants nothing on
-purpose (``"/etc/shadow" = ""``), refused transitions, the pod-wide
+purpose (``"/etc/shadow" = ""``; ``"/" = ""`` is the baseline, not one),
+refused transitions, the pod-wide
 ``[pod.net] host = false``, barrier and limit lines, and ``/`` itself (only
 the ``"/"`` rule matches it, and that rule grants the whole tree).
 """
@@ -135,8 +136,10 @@ def _parent(path: str) -> str:
 
 
 def _deliberate(m) -> bool:
-    """A rule of the policy that grants nothing: its author said no."""
-    return m.kind in ("path", "directory") and m.perm == ""
+    """A rule of the policy that grants nothing: its author said no. Not
+    the root's own ``"/" = ""``: that is the baseline a policy is learned
+    from ("deny everything, then learn"), not a word about any one tree."""
+    return m.kind in ("path", "directory") and m.perm == "" and m.rule != "/"
 
 
 def suggest(policy: Policy, records, *, pea: str | None = None,
@@ -300,10 +303,15 @@ def _generalise(pe: Pea, want, walls, min_files: int, notes: list[str]) -> dict[
     for directory, groups in sorted(kids.items()):
         if directory == "/":
             continue            # a "/" rule would grant the whole tree
-        # The letters most files needed; ties to the fewer letters.
-        letters, paths = max(groups.items(), key=lambda g: (len(g[1]), -len(g[0])))
+        # The letters of every file in it: a spool directory's files are
+        # created ("rw") under names of the moment, renamed ("w") and read
+        # ("r") under others, and a second run uses new names, so a rule
+        # for only the most common letters fails there. The walls below
+        # still keep a deliberate refusal out of the directory rule.
+        paths = [p for ps in groups.values() for p in ps]
         if len(paths) < min_files:
             continue
+        letters = _union(*groups)
         inherited = pe.match_parts(split_path(directory) + ("\0",))
         key = directory + "/"
         if _deliberate(inherited):
