@@ -311,7 +311,14 @@ def _generalise(pe: Pea, want, walls, min_files: int, notes: list[str]) -> dict[
         paths = [p for ps in groups.values() for p in ps]
         if len(paths) < min_files:
             continue
-        letters = _union(*groups)
+        # Except x: a program is not a spool file. One loader executed in a
+        # directory of libraries must not make every library executable;
+        # x goes to the directory only when min_files of its files needed it.
+        letters = _union(*(lt.replace("x", "") for lt in groups))
+        if sum(len(ps) for lt, ps in groups.items() if "x" in lt) >= min_files:
+            letters = _union(letters, "x")
+        if not letters:
+            continue
         inherited = pe.match_parts(split_path(directory) + ("\0",))
         key = directory + "/"
         if _deliberate(inherited):

@@ -105,6 +105,27 @@ def test_directory_rule_when_enough_files_needed_the_same_letters(tmp_path, pol)
     assert s.covered == 5
 
 
+def test_a_spool_directory_gets_every_letter_its_files_needed(tmp_path, pol):
+    """Queue files: created under one name (rw), renamed and read under
+    another (w, r); the next run uses new names, so the directory rule
+    grants the union. Found by tests/e2e/test_policy_learning.py."""
+    log = write_log(tmp_path, "t", [opened("a", "/var/q/tmp1", need="rw")]
+                    + [opened("a", f"/var/q/ID{n}", need="w") for n in "abcd"])
+    assert rule_map(proposals(pol, log)["a"]) == {"/var/q/": "rw"}
+
+
+def test_x_reaches_a_directory_rule_only_when_enough_files_needed_it(tmp_path, pol):
+    """One loader executed among many libraries read: the libraries must not
+    all become executable."""
+    log = write_log(tmp_path, "t", [opened("a", f"/lib/lib{n}.so") for n in "abcde"]
+                    + [dict(pea="a", operation="exec", path="/lib/ld.so", need="x")])
+    assert rule_map(proposals(pol, log)["a"]) == {"/lib/": "r", "/lib/ld.so": "x"}
+    (tmp_path / "two").mkdir()
+    log = write_log(tmp_path / "two", "t", [dict(pea="a", operation="exec", path=f"/sbin/d{n}",
+                                         need="x") for n in "abcd"])
+    assert rule_map(proposals(pol, log)["a"]) == {"/sbin/": "x"}
+
+
 def test_no_directory_rule_below_the_threshold_or_on_root(tmp_path, pol):
     log = write_log(tmp_path, "t", [opened("a", f"/srv/maps/{n}") for n in "abc"]
                     + [opened("a", f"/{n}") for n in "wxyz"])
