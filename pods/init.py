@@ -87,7 +87,7 @@ def keeper(args) -> int:
     libc.unshare(libc.CLONE_NEWNET)
     netns.loopback_up()
     libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWNS | libc.CLONE_NEWPID | libc.CLONE_NEWIPC
-               | libc.CLONE_NEWUTS | libc.CLONE_NEWCGROUP)
+                 | libc.CLONE_NEWUTS | libc.CLONE_NEWCGROUP)
     ns.set_pdeathsig(signal.SIGKILL)  # unshare(CLONE_NEWUSER) changed our credentials
     # Slave, not private: a host unmount still reaches our copy of the host's
     # mounts during the few milliseconds before the old root is detached,
