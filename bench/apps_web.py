@@ -145,9 +145,10 @@ def _measure(tool: str, url: str, connections: int, seconds: float) -> dict:
 def host_leg_main(root: str, port: int) -> int:
     """Run as a child: a private mount namespace, chroot into ROOT, MariaDB
     and Apache (on 127.0.0.1:PORT) until SIGTERM; then stop both."""
+    from kernel import libc  # noqa: PLC0415
     from pods import namespaces as ns  # noqa: PLC0415
 
-    ns.unshare(ns.CLONE_NEWNS)
+    libc.unshare(libc.CLONE_NEWNS)
     ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)
     r = Path(root)
     ns.mount("/usr", str(r / "usr"), None, ns.MS_BIND)

@@ -4,9 +4,12 @@ A pea of pod POD is the cgroup ``<cgroup2 mount>/peapod/POD/PEA``. Membership
 is what the kernel says it is: children inherit their parent's cgroup
 atomically at fork, and a pod process cannot move itself (it does not own the
 cgroup files and, inside its cgroup namespace, cannot even name the host
-hierarchy). PeaFS and the tagger both ask "which pea is this pid in?" by
-reading ``/proc/PID/cgroup``, the single source of truth; nothing here caches
-an answer, so a reused pid can never inherit a dead process's pea.
+hierarchy). "Which pea is this process in?" has two answers here, both
+from the kernel: ``pea_of`` reads ``/proc/PID/cgroup`` for a pid that cannot
+be reused while it is asked (PeaFS: the request is pending), and caches
+nothing, so a reused pid can never inherit a dead process's pea;
+``pea_ids`` maps cgroup ids to peas for a process pinned by a pidfd, whose
+cgroup id the kernel gives (the pod's supervisor, pods/seccomp_procs.py).
 
 The unified hierarchy is used even on hosts whose controllers are still on v1
 (this machine mounts cgroup2 at /sys/fs/cgroup/unified with no controllers):
@@ -19,9 +22,9 @@ import errno
 import os
 from pathlib import Path
 
-from . import mountinfo
+from kernel.names import CGROUP_PREFIX
 
-PREFIX = "peapod"
+from . import mountinfo
 
 
 class CgroupError(RuntimeError):
@@ -50,7 +53,7 @@ def cgroup2_root() -> Path:
 
 
 def pod_cgroup(pod: str) -> Path:
-    return cgroup2_root() / PREFIX / pod
+    return cgroup2_root() / CGROUP_PREFIX / pod
 
 
 def pea_cgroup(pod: str, pea: str) -> Path:
@@ -94,6 +97,7 @@ def cgroup_of(pid: int) -> str | None:
 
 def pea_of(pid: int, pod: str) -> str | None:
     """The pea of ``pid`` in ``pod``, or None if it is in no pea of that pod.
+    (For a process pinned by a pidfd, see ``pea_ids``.)
 
     A process in a sub-cgroup of a pea (``/peapod/POD/PEA/...``) belongs to
     that pea. The caller must hold a reference that keeps ``pid`` from being
@@ -104,9 +108,34 @@ def pea_of(pid: int, pod: str) -> str | None:
     if cg is None:
         return None
     parts = cg.strip("/").split("/")
-    if len(parts) >= 3 and parts[0] == PREFIX and parts[1] == pod:
+    if len(parts) >= 3 and parts[0] == CGROUP_PREFIX and parts[1] == pod:
         return parts[2]
     return None
+
+
+def pea_ids(pod: str) -> dict[int, str]:
+    """cgroup id -> pea name, for every cgroup of every pea of ``pod`` (a
+    pea's sub-cgroups included: their processes belong to that pea).
+
+    The other way to ask "which pea is this process in", for a process
+    pinned by a pidfd: the kernel gives its cgroup id (PIDFD_GET_INFO),
+    which stays the process's whatever happens to pid numbers, where
+    ``pea_of`` reads /proc/PID/cgroup, a path a reused pid could redirect.
+    A cgroup2 id is the inode number of the cgroup's directory, so the map
+    is a walk of the pod's cgroups; the caller caches it and calls again
+    on a miss (a pea cgroup made since)."""
+    out: dict[int, str] = {}
+    try:
+        peas = [e for e in os.scandir(pod_cgroup(pod)) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        peas = []
+    for e in peas:
+        for dirpath, _, _ in os.walk(e.path):
+            try:
+                out[os.stat(dirpath).st_ino] = e.name
+            except OSError:
+                pass
+    return out
 
 
 def remove_pod(pod: str) -> None:

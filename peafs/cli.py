@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from kernel import idmap, libc
+
 from . import runtime
 from .audit import AUDIT_NAME, print_log
 
@@ -157,12 +159,8 @@ def _serve(policy, root, mp, state_dir, state, ready_fd) -> int:
 
 # -- run -------------------------------------------------------------------------
 
-def _map_id(ranges, virtual: int) -> bool:
-    return any(i <= virtual < i + c for i, _o, c in ranges)
-
-
 def cmd_run(args) -> int:
-    from . import cgroup, syscalls
+    from . import cgroup
     found = runtime.find_state(args.mountpoint)
     if found is None:
         raise Fail(f"no peafs mount at {args.mountpoint}")
@@ -171,9 +169,9 @@ def cmd_run(args) -> int:
         raise Fail(f"pod {state['pod']} has no pea {args.pea!r}", 2)
     uid = args.user
     gid = args.group if args.group is not None else uid
-    if not _map_id(state["uid_map"], uid):
+    if not idmap.is_mapped(state["uid_map"], uid):
         raise Fail(f"uid {uid} is not mapped in pod {state['pod']}", 2)
-    if not _map_id(state["gid_map"], gid):
+    if not idmap.is_mapped(state["gid_map"], gid):
         raise Fail(f"gid {gid} is not mapped in pod {state['pod']}", 2)
     cmd = list(args.cmd)
     if not cmd:
@@ -193,7 +191,7 @@ def cmd_run(args) -> int:
             # outside it.
             os.setgroups([])
             cgroup.join(os.getpid(), state["pod"], args.pea)
-            syscalls.unshare(syscalls.CLONE_NEWUSER)
+            libc.unshare(libc.CLONE_NEWUSER)
             os.write(ready_w, b"u")
             if os.read(go_r, 1) != b"g":
                 os._exit(127)
@@ -213,11 +211,9 @@ def cmd_run(args) -> int:
             _, status = os.waitpid(pid, 0)
             return _exit_code(status)
         try:
-            Path(f"/proc/{pid}/uid_map").write_text(
-                "".join(f"{i} {o} {c}\n" for i, o, c in state["uid_map"]))
+            Path(f"/proc/{pid}/uid_map").write_text(idmap.lines(state["uid_map"]))
             Path(f"/proc/{pid}/setgroups").write_text("deny")
-            Path(f"/proc/{pid}/gid_map").write_text(
-                "".join(f"{i} {o} {c}\n" for i, o, c in state["gid_map"]))
+            Path(f"/proc/{pid}/gid_map").write_text(idmap.lines(state["gid_map"]))
         except OSError as e:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)

@@ -20,6 +20,8 @@ import errno
 
 import pyfuse3
 
+from kernel import procfs
+
 from . import cgroup, execwatch
 
 ERR = pyfuse3.FUSEError
@@ -27,14 +29,6 @@ ERR = pyfuse3.FUSEError
 
 def path_str(parts: tuple[str, ...]) -> str:
     return "/" + "/".join(parts)
-
-
-def tgid_of(tid: int) -> int | None:
-    """The process (thread group) a thread id belongs to."""
-    try:
-        return int(execwatch.process_status(tid)[b"Tgid"])
-    except (KeyError, ValueError):
-        return None
 
 
 class Enforcer:
@@ -134,7 +128,7 @@ class Enforcer:
         watch = self.watch
         # Only a process with a pending attempt needs placing (rare): the
         # common exec costs nothing here.
-        tgid = tgid_of(ctx.pid) if watch is not None and watch.busy else None
+        tgid = procfs.tgid(ctx.pid) if watch is not None and watch.busy else None
         pending, stage = (None, None)
         if tgid is not None:
             pending, stage = watch.begin(ctx.pid, tgid)
@@ -176,19 +170,19 @@ class Enforcer:
         if self.watch is None:
             refuse("transitions are off (no exec watch)")
         if tgid is None:
-            tgid = tgid_of(ctx.pid)
+            tgid = procfs.tgid(ctx.pid)
             if tgid is None:
                 raise ERR(errno.EACCES)
         if stage is None:
             stage = execwatch.exec_stage(ctx.pid)
         if stage not in ("main", "interp"):
             refuse("transition on an ELF interpreter, or an exec open we cannot place")
-        status = execwatch.process_status(tgid)
-        if status.get(b"Threads") != b"1":
+        status = procfs.status(tgid) or {}
+        if status.get("Threads") != "1":
             # The commit event names the process, not the thread: with
             # two threads we could not tell whose exec committed.
             refuse("a process with several threads cannot change pea")
-        if status.get(b"TracerPid", b"0") != b"0":
+        if status.get("TracerPid", "0") != "0":
             refuse("a traced process cannot change pea")
         why = self.watch.guard(tgid) if self.watch.guard is not None else None
         if why:
@@ -217,7 +211,7 @@ class Enforcer:
         self._log(pea, ctx, operation, path, "", why, "limit", False)
 
     def _log(self, pea, ctx, operation, path, need, rule, kind, complain) -> None:
-        pid = tgid_of(ctx.pid) or ctx.pid
+        pid = procfs.tgid(ctx.pid) or ctx.pid
         self.audit.refusal(pea=pea, pid=pid, uid=self.ids.uid.to_virtual(ctx.uid),
                            operation=operation, path=path, need=need, rule=rule,
                            kind=kind, complain=complain)

@@ -64,6 +64,8 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 
+from kernel import procfs
+
 from . import cgroup, syscalls
 
 NETLINK_CONNECTOR = 11
@@ -123,14 +125,6 @@ def check_kernel() -> None:
     except OSError as e:
         raise ExecWatchError(
             f"exec transitions need /proc/PID/stack (CONFIG_STACKTRACE): {e.strerror}") from e
-
-
-def process_status(pid: int) -> dict[bytes, bytes]:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            return {k: v.strip() for k, _, v in (line.partition(b":") for line in f)}
-    except OSError:
-        return {}
 
 
 def unsecure_names(pid: int) -> list[str] | None:
@@ -365,8 +359,8 @@ class ExecWatch:
                 # interpreter is not on this mount): no transition.
                 self._log(p, "", "exec committed another program: no transition")
                 return False
-            status = process_status(p.tgid)
-            if status.get(b"TracerPid", b"0") != b"0":
+            status = procfs.status(p.tgid) or {}
+            if status.get("TracerPid", "0") != "0":
                 self._log(p, "x", "traced during the exec: no transition")
                 return False
             why = self.guard(p.tgid) if self.guard is not None else None

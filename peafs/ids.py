@@ -1,4 +1,5 @@
-"""UID/GID virtualisation: the one place where ids are translated.
+"""UID/GID virtualisation: where PeaFS translates ids (the arithmetic of a
+map is kernel/idmap.py's).
 
 On disk, the staging directory holds the pod's *virtual* ids (root-owned
 files are uid 0), so one tree can serve pods with different host ranges and
@@ -21,6 +22,8 @@ EPERM (chown to an unmapped id) or refuses the create.
 
 from __future__ import annotations
 
+from kernel import idmap
+
 OVERFLOW_ID = 65534
 
 
@@ -36,21 +39,16 @@ class IdMap:
 
     def to_host(self, virtual: int) -> int:
         """The host id for an on-disk (virtual) id; OVERFLOW_ID if unmapped."""
-        for inside, outside, count in self._ranges:
-            if inside <= virtual < inside + count:
-                return outside + (virtual - inside)
-        return OVERFLOW_ID
+        host = idmap.to_host(self._ranges, virtual)
+        return OVERFLOW_ID if host is None else host
 
     def to_virtual(self, host: int) -> int | None:
         """The on-disk (virtual) id for a host id; None if the pod has none."""
-        for inside, outside, count in self._ranges:
-            if outside <= host < outside + count:
-                return inside + (host - outside)
-        return None
+        return idmap.to_pod(self._ranges, host)
 
     def lines(self) -> str:
         """The map in /proc/PID/uid_map syntax ("inside outside count" lines)."""
-        return "".join(f"{i} {o} {c}\n" for i, o, c in self._ranges)
+        return idmap.lines(self._ranges)
 
     def as_list(self) -> list[list[int]]:
         return [list(r) for r in self._ranges]

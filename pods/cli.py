@@ -27,7 +27,8 @@ import os
 import select
 import sys
 
-from pods import lifecycle_cmd, rules_cmd, runtime, service_cmd
+from kernel import names
+from pods import lifecycle_cmd, rules_cmd, service_cmd
 from pods.lifecycle_cmd import one_line, shown
 
 EXIT_FAILED = 1
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cmd = tail
     command = args.command
     name = getattr(args, "name", None)
-    if name is not None and not runtime.NAME_RE.match(name):
+    if name is not None and not names.NAME_RE.match(name):
         _err(f"{command}: invalid pod name {shown(name)}: {NAME_RULE}")
         return EXIT_USAGE
     if command not in NO_ROOT_NEEDED and os.geteuid() != 0:

@@ -50,6 +50,7 @@ from pathlib import Path
 import trio
 
 import rules
+from kernel import idmap, libc, procfs
 from peafs import cgroup
 from peafs.execwatch import process_exited
 from pods import control, limits, netbpf, netns, podusers, rootfs, runtime, services
@@ -84,18 +85,6 @@ async def spawn(cmd, **kw) -> subprocess.Popen:
     takes milliseconds (more under memory pressure): on the main loop it
     would hold up the supervisor's answers to every pod process."""
     return await trio.to_thread.run_sync(functools.partial(subprocess.Popen, cmd, **kw))
-
-
-def _mapped(ranges, ident: int) -> bool:
-    return any(r.inside <= ident < r.inside + r.count for r in ranges)
-
-
-def _inside(ranges, host_id: int) -> int | None:
-    """The pod's id for host id ``host_id`` (None if the pod does not map it)."""
-    for r in ranges:
-        if r.outside <= host_id < r.outside + r.count:
-            return host_id - r.outside + r.inside
-    return None
 
 
 class PodDaemon:
@@ -140,7 +129,7 @@ class PodDaemon:
 
     def setup_host(self) -> None:
         """Steps 1-3, before trio starts (unshare needs a single thread)."""
-        ns.unshare(ns.CLONE_NEWNS)
+        libc.unshare(libc.CLONE_NEWNS)
         ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
         # Keep only the mounts the daemon and its children use: the others
         # would be pinned by this copy of the host's namespace until the pod
@@ -186,9 +175,9 @@ class PodDaemon:
     async def start_pod(self) -> None:
         """Step 4: the keeper handshake (see pods/init.py)."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pts_gid = 5 if _mapped(self.policy.gid_map, 5) else -1
-        root_uid = 0 if _mapped(self.policy.uid_map, 0) else self.policy.uid_map[0].inside
-        root_gid = 0 if _mapped(self.policy.gid_map, 0) else self.policy.gid_map[0].inside
+        pts_gid = 5 if idmap.is_mapped(self.policy.gid_map, 5) else -1
+        root_uid = 0 if idmap.is_mapped(self.policy.uid_map, 0) else self.policy.uid_map[0].inside
+        root_gid = 0 if idmap.is_mapped(self.policy.gid_map, 0) else self.policy.gid_map[0].inside
         cmd = [*CHILD_PYTHON, "-m", "pods.init", "--sync", str(theirs.fileno()),
                "--daemon-pid", str(os.getpid()), "--root", str(self.mnt),
                "--hostname", self.policy.hostname, "--pts-gid", str(pts_gid),
@@ -208,8 +197,8 @@ class PodDaemon:
             try:
                 # Only a process with CAP_SETUID/CAP_SETGID over the parent
                 # namespace may map ranges of ids: that is us, not the pod.
-                Path(f"/proc/{pid}/uid_map").write_text(_map_lines(self.policy.uid_map))
-                Path(f"/proc/{pid}/gid_map").write_text(_map_lines(self.policy.gid_map))
+                Path(f"/proc/{pid}/uid_map").write_text(idmap.lines(self.policy.uid_map))
+                Path(f"/proc/{pid}/gid_map").write_text(idmap.lines(self.policy.gid_map))
             except OSError as e:
                 raise StartError(f"writing the id maps: {e.strerror}") from e
             # The keeper unshared its cgroup namespace at the pod's cgroup;
@@ -242,7 +231,7 @@ class PodDaemon:
                     raise StartError(f"pod setup: {msg}")
         sock.close()
         # pid reuse guard: the pidfd must name pid 1 of the keeper's pid namespace.
-        if _ns_pid(self.init_pid) != 1 or _ppid(self.init_pid) != pid:
+        if procfs.vpid(self.init_pid) != 1 or procfs.ppid(self.init_pid) != pid:
             raise StartError("pod setup: pid 1 vanished")
 
     def _attach_net_rules(self) -> None:
@@ -282,7 +271,7 @@ class PodDaemon:
                 rule = "[pod.net] host = false"
             else:
                 rule = "connect = false"
-            audit.refusal(pea=name, pid=r.tgid, uid=_inside(self.policy.uid_map, r.uid),
+            audit.refusal(pea=name, pid=r.tgid, uid=idmap.to_pod(self.policy.uid_map, r.uid),
                           operation=r.op, path=r.address, need="", rule=rule, kind="net",
                           complain=r.complain)
 
@@ -311,14 +300,14 @@ class PodDaemon:
         if pea not in self.policy.peas:
             raise ValueError(f"pod {self.name} has no pea {pea!r}")
         uid = 0 if uid is None else int(uid)
-        if not _mapped(self.policy.uid_map, uid):
+        if not idmap.is_mapped(self.policy.uid_map, uid):
             raise ValueError(f"uid {uid} is not mapped in pod {self.name}")
         if gid is not None:  # `pod exec --user NAME`: the group of NAME's passwd line
             gid = int(gid)
-            if not _mapped(self.policy.gid_map, gid):
+            if not idmap.is_mapped(self.policy.gid_map, gid):
                 raise ValueError(f"gid {gid} is not mapped in pod {self.name}")
             return pea, uid, gid
-        gid = uid if _mapped(self.policy.gid_map, uid) else self.policy.gid_map[0].inside
+        gid = uid if idmap.is_mapped(self.policy.gid_map, uid) else self.policy.gid_map[0].inside
         return pea, uid, gid
 
     def _new_ipc_ns(self) -> int:
@@ -611,7 +600,8 @@ class PodDaemon:
             _, uid, gid = self.check_exec(self.policy.default_pea, user)
             return uid, gid
         uid, gid = podusers.lookup(self.policy.root, user)
-        if not _mapped(self.policy.uid_map, uid) or not _mapped(self.policy.gid_map, gid):
+        if not (idmap.is_mapped(self.policy.uid_map, uid)
+                and idmap.is_mapped(self.policy.gid_map, gid)):
             raise podusers.UserError(f"user {user!r} ({uid}:{gid}) is not mapped in "
                                      f"pod {self.name}")
         return uid, gid
@@ -804,31 +794,6 @@ def _leaf(e: BaseException) -> BaseException:
     while isinstance(e, BaseExceptionGroup) and e.exceptions:
         e = e.exceptions[0]
     return e
-
-
-def _map_lines(ranges) -> str:
-    return "".join(f"{r.inside} {r.outside} {r.count}\n" for r in ranges)
-
-
-def _status_field(pid: int, field: str) -> str | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
-
-
-def _ns_pid(pid: int) -> int | None:
-    v = _status_field(pid, "NSpid")
-    return int(v.split()[-1]) if v else None
-
-
-def _ppid(pid: int) -> int | None:
-    v = _status_field(pid, "PPid")
-    return int(v) if v else None
 
 
 def _report(fd: int, text: str) -> None:

@@ -42,6 +42,7 @@ import signal
 import socket
 import sys
 
+from kernel import libc
 from pods import namespaces as ns
 from pods import netns, rootfs
 
@@ -83,10 +84,10 @@ def keeper(args) -> int:
     # addresses, routes or net.* sysctls, sniff with AF_PACKET or open raw
     # sockets, which would undo the peas' network rules for the whole pod.
     # Only the daemon (host root) configures it.
-    ns.unshare(ns.CLONE_NEWNET)
+    libc.unshare(libc.CLONE_NEWNET)
     netns.loopback_up()
-    ns.unshare(ns.CLONE_NEWUSER | ns.CLONE_NEWNS | ns.CLONE_NEWPID | ns.CLONE_NEWIPC
-               | ns.CLONE_NEWUTS | ns.CLONE_NEWCGROUP)
+    libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWNS | libc.CLONE_NEWPID | libc.CLONE_NEWIPC
+                 | libc.CLONE_NEWUTS | libc.CLONE_NEWCGROUP)
     ns.set_pdeathsig(signal.SIGKILL)  # unshare(CLONE_NEWUSER) changed our credentials
     # Slave, not private: a host unmount still reaches our copy of the host's
     # mounts during the few milliseconds before the old root is detached,

@@ -24,6 +24,7 @@ import time
 import tty
 from pathlib import Path
 
+from kernel import idmap, names, procfs
 from peafs.audit import escape_controls
 from pods import control, runtime
 
@@ -476,25 +477,6 @@ def cmd_exec(args) -> int:
 
 # ------------------------------------------------------------------ ps / list
 
-def _status(pid: int) -> dict:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                out[k] = v.strip()
-    except OSError:
-        pass
-    return out
-
-
-def _to_pod_id(host_id: int, ranges) -> int | None:
-    for inside, outside, count in ranges:
-        if outside <= host_id < outside + count:
-            return inside + host_id - outside
-    return None
-
-
 def pod_processes(name: str) -> list[dict]:
     """The pod's processes as seen from the host: only those in the pod's pid
     namespace (the keeper and tagger monitors are on the host side)."""
@@ -516,7 +498,7 @@ def pod_processes(name: str) -> list[dict]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        status = _status(pid)
+        status = procfs.status(pid) or {}
         nspid = status.get("NSpid", "").split()
         uid_host = int(status.get("Uid", "-1").split()[0]) if status.get("Uid") else -1
         argv = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
@@ -524,7 +506,7 @@ def pod_processes(name: str) -> list[dict]:
             "vpid": int(nspid[-1]) if nspid else None,
             "pid": pid,
             "pea": cgroup.pea_of(pid, name),
-            "uid": _to_pod_id(uid_host, st.get("uid_map", [])),
+            "uid": idmap.to_pod(st.get("uid_map", []), uid_host),
             "command": " ".join(argv) or f"[{status.get('Name', '?')}]",
         })
     rows.sort(key=lambda r: (r["vpid"] is None, r["vpid"]))
@@ -627,7 +609,7 @@ def _audit_path(what: str) -> Path | str:
         except OSError as e:
             return f"{what}: {e.strerror}"
         return runtime.audit_log(policy.root)
-    if not runtime.NAME_RE.match(what):
+    if not names.NAME_RE.match(what):
         return (f"{shown(what)} is neither a pod name nor a policy file (.toml): "
                 f"a pod name is a lowercase letter, then at most 30 lowercase letters, "
                 f"digits and '-'")

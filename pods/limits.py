@@ -23,9 +23,9 @@ import errno
 import os
 from pathlib import Path
 
+from kernel.names import CGROUP_PREFIX
 from peafs import cgroup, mountinfo
 
-PREFIX = "peapod"
 CONTROLLERS = ("memory", "pids")
 
 
@@ -69,7 +69,7 @@ def placement() -> dict[str, Path | None]:
 
 def v1_dirs(pod: str) -> list[Path]:
     """The v1 cgroups every process of the pod must join."""
-    return [m / PREFIX / pod for c, m in placement().items() if m is not None]
+    return [m / CGROUP_PREFIX / pod for c, m in placement().items() if m is not None]
 
 
 def _write(path: Path, value: str) -> None:
@@ -96,7 +96,7 @@ def setup(pod: str, memory: int | None, pids: int | None) -> None:
             if values[c] is not None:
                 _write(top / f"{c}.max", f"{values[c]}\n")
         else:
-            d = mnt / PREFIX / pod
+            d = mnt / CGROUP_PREFIX / pod
             d.mkdir(parents=True, exist_ok=True)
             if values[c] is not None:
                 if c == "memory":
@@ -167,7 +167,7 @@ def usage(pod: str) -> dict[str, dict[str, int | None]]:
         return {c: None for c in CONTROLLERS}
     for c, mnt in where.items():
         names = _USAGE_FILES[c][0 if mnt is None else 1]
-        d = cgroup.pod_cgroup(pod) if mnt is None else mnt / PREFIX / pod
+        d = cgroup.pod_cgroup(pod) if mnt is None else mnt / CGROUP_PREFIX / pod
         try:
             cur = int((d / names[0]).read_text())
             raw = (d / names[1]).read_text().strip()

@@ -1,9 +1,11 @@
-"""Thin ctypes wrappers for the kernel calls Python 3.11 does not expose.
+"""Thin ctypes wrappers for the kernel calls Python 3.11 does not expose
+and only pods needs (unshare, pidfd_getfd, openat2 and the CLONE_* flags,
+which peafs uses too, are in kernel/libc.py).
 
-unshare, setns, mount, umount2, pivot_root, prctl, sethostname, pidfd_getfd:
-each raises OSError with the kernel's errno, so callers (and tests) can
-assert exact errors. Nothing here decides policy; the callers comment why
-each call is made.
+setns, mount, umount2, pivot_root, prctl, sethostname, mount_setattr: each
+raises OSError with the kernel's errno (kernel.libc.check), so callers (and
+tests) can assert exact errors. Nothing here decides policy; the callers
+comment why each call is made.
 """
 
 from __future__ import annotations
@@ -12,18 +14,11 @@ import ctypes
 import os
 import signal
 
+from kernel.libc import AT_EMPTY_PATH, check
+
 # The C library already loaded into this process (CDLL(None)): find_library
 # would run ldconfig in a subprocess, milliseconds on every pod exec.
 _libc = ctypes.CDLL(None, use_errno=True)
-
-# <linux/sched.h>
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
 
 # <sys/mount.h>
 MS_RDONLY = 1
@@ -50,26 +45,14 @@ CAP_SYS_PTRACE = 19
 
 # x86_64 syscall numbers
 _SYS_pivot_root = 155
-_SYS_pidfd_getfd = 438
 
 _libc.syscall.restype = ctypes.c_long
-
-
-def _check(rc: int, what: str) -> int:
-    if rc < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-    return rc
-
-
-def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
 
 
 def setns(fd: int, nstype: int = 0) -> None:
     """Join the namespace(s) of ``fd``: a /proc/PID/ns/* file or a pidfd
     (then ``nstype`` is a set of CLONE_NEW* flags, joined atomically)."""
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+    check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)))
 
 
 def _b(s):
@@ -80,24 +63,22 @@ def _b(s):
 
 def mount(source, target, fstype, flags: int = 0, data: str | None = None) -> None:
     rc = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
-    _check(rc, f"mount {target}")
+    check(rc, os.fsdecode(target))
 
 
 def umount2(target, flags: int = 0) -> None:
-    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount {target}")
+    check(_libc.umount2(_b(target), ctypes.c_int(flags)), os.fsdecode(target))
 
 
 def pivot_root(new_root, put_old) -> None:
     rc = _libc.syscall(ctypes.c_long(_SYS_pivot_root), _b(new_root), _b(put_old))
-    _check(rc, "pivot_root")
+    check(rc, os.fsdecode(new_root))
 
 
 def prctl(option: int, arg2: int = 0) -> int:
-    return _check(
+    return check(
         _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
-                    ctypes.c_ulong(0), ctypes.c_ulong(0)),
-        "prctl",
-    )
+                    ctypes.c_ulong(0), ctypes.c_ulong(0)))
 
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
@@ -106,19 +87,10 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
 
 def sethostname(name: str) -> None:
     b = name.encode()
-    _check(_libc.sethostname(b, ctypes.c_size_t(len(b))), "sethostname")
-
-
-def pidfd_getfd(pidfd: int, targetfd: int) -> int:
-    """A duplicate of fd ``targetfd`` of the process behind ``pidfd``
-    (needs ptrace access to it)."""
-    rc = _libc.syscall(ctypes.c_long(_SYS_pidfd_getfd), ctypes.c_int(pidfd),
-                       ctypes.c_int(targetfd), ctypes.c_uint(0))
-    return _check(rc, "pidfd_getfd")
+    check(_libc.sethostname(b, ctypes.c_size_t(len(b))))
 
 
 _SYS_mount_setattr = 442
-AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
@@ -138,28 +110,5 @@ def mount_setattr_tree(fd: int, attr_set: int) -> None:
     rc = _libc.syscall(ctypes.c_long(_SYS_mount_setattr), ctypes.c_int(fd), b"",
                        ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE), ctypes.byref(attr),
                        ctypes.c_size_t(ctypes.sizeof(attr)))
-    _check(rc, "mount_setattr")
+    check(rc)
 
-
-_SYS_openat2 = 437
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_NO_SYMLINKS = 0x04
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-def open_no_symlinks(path: str, flags: int) -> int:
-    """open(2) that fails (ELOOP) rather than follow any symlink on the way,
-    magic links included (openat2 RESOLVE_NO_SYMLINKS): for a privileged
-    process opening a path inside a pod, where pod root makes the links."""
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
-    rc = _libc.syscall(ctypes.c_long(_SYS_openat2), ctypes.c_int(-100), _b(path),
-                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-    return _check(rc, f"openat2 {path}")
-
-
-ALL_POD_NS = (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
-              | CLONE_NEWNET | CLONE_NEWCGROUP)

@@ -22,6 +22,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+from kernel.libc import check
+
 # The C library already loaded into this process (CDLL(None)): find_library
 # would run ldconfig in a subprocess, milliseconds on every pod exec.
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -47,7 +49,6 @@ ADDFD_FLAG_SEND = 2
 _SYS_seccomp = 317
 _SYS_pidfd_open = 434
 _SYS_pidfd_send_signal = 424
-_SYS_pidfd_getfd = 438
 PIDFD_THREAD = os.O_EXCL          # pidfd_open: a pidfd of one thread (Linux 6.9)
 PIDFD_SIGNAL_THREAD = 1 << 0
 PIDFD_SIGNAL_THREAD_GROUP = 1 << 1
@@ -145,28 +146,15 @@ def set_sync_wakeup(fd: int) -> None:
 
 
 # ------------------------------------------------------------ pidfds
-def _check(rc: int, what: str) -> int:
-    if rc < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-    return int(rc)
-
-
 def pidfd_open(pid: int, flags: int = 0) -> int:
-    return _check(_libc.syscall(ctypes.c_long(_SYS_pidfd_open), ctypes.c_int(pid),
-                                ctypes.c_uint(flags)), "pidfd_open")
-
-
-def pidfd_getfd(pidfd: int, targetfd: int) -> int:
-    return _check(_libc.syscall(ctypes.c_long(_SYS_pidfd_getfd), ctypes.c_int(pidfd),
-                                ctypes.c_int(targetfd), ctypes.c_uint(0)), "pidfd_getfd")
+    return check(_libc.syscall(ctypes.c_long(_SYS_pidfd_open), ctypes.c_int(pid),
+                               ctypes.c_uint(flags)))
 
 
 def pidfd_send_signal(pidfd: int, sig: int, info: bytes | None = None, flags: int = 0) -> None:
     infobuf = ctypes.create_string_buffer(info, 128) if info is not None else None
-    _check(_libc.syscall(ctypes.c_long(_SYS_pidfd_send_signal), ctypes.c_int(pidfd),
-                         ctypes.c_int(sig), infobuf, ctypes.c_uint(flags)),
-           "pidfd_send_signal")
+    check(_libc.syscall(ctypes.c_long(_SYS_pidfd_send_signal), ctypes.c_int(pidfd),
+                        ctypes.c_int(sig), infobuf, ctypes.c_uint(flags)))
 
 
 class _IOVec(ctypes.Structure):

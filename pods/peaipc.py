@@ -30,6 +30,7 @@ import os
 import socket
 import sys
 
+from kernel import libc
 from pods import namespaces as ns
 from pods.control import send_msg
 
@@ -42,8 +43,8 @@ def main(argv=None) -> int:
     sock = socket.socket(fileno=args.sock)
     try:
         ns.prctl(ns.PR_SET_DUMPABLE, 0)     # host root inside the pod's user namespace
-        ns.setns(args.pidfd, ns.CLONE_NEWUSER)
-        ns.unshare(ns.CLONE_NEWIPC)
+        ns.setns(args.pidfd, libc.CLONE_NEWUSER)
+        libc.unshare(libc.CLONE_NEWIPC)
         fd = os.open("/proc/self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         send_msg(sock, {"error": f"IPC namespace: {e.strerror or e}"})

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from peafs import syscalls
+from kernel import libc
 from peafs.audit import escape_controls
 
 
@@ -52,8 +52,8 @@ def _lookup(root: Path, user: str) -> tuple[int, int] | str:
     except OSError as e:
         return f"the pod's root {root}: {e.strerror}"
     try:
-        fd = syscalls.openat2(root_fd, "etc/passwd", os.O_PATH | os.O_CLOEXEC,
-                              syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS)
+        fd = libc.openat2(root_fd, "etc/passwd", os.O_PATH | os.O_CLOEXEC,
+                          libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS)
     except FileNotFoundError:
         fd = None
     except OSError as e:

@@ -32,10 +32,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 from pathlib import Path
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+from kernel.names import NAME_RE
 
 
 def run_dir() -> Path:

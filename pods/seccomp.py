@@ -505,9 +505,10 @@ def pidfd_take(pid: int, fd: int) -> int:
     pidfd_getfd: how a daemon takes the listener out of a process that has
     already installed the filter (the caller must keep ``pid`` from being
     reaped meanwhile, e.g. it is the caller's child blocked on a pipe)."""
+    from kernel.libc import pidfd_getfd
     from pods import notify as _n
     pidfd = _n.pidfd_open(pid)
     try:
-        return _n.pidfd_getfd(pidfd, fd)
+        return pidfd_getfd(pidfd, fd)
     finally:
         os.close(pidfd)

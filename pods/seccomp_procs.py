@@ -23,6 +23,7 @@ import fcntl
 import os
 from dataclasses import dataclass
 
+from kernel import procfs
 from peafs import cgroup
 from pods import notify
 
@@ -32,28 +33,6 @@ PIDFD_GET_PID_NAMESPACE = (0xFF << 8) | 5  # _IO(PIDFS_IOCTL_MAGIC, 5), Linux 6.
 CAP_KILL = 5
 SIGCONT = 18
 CAP_SYS_PTRACE = 19
-
-
-def read_status(tid: int) -> dict[str, str] | None:
-    try:
-        fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 8192).decode("ascii", "replace")
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    out = {}
-    for line in data.splitlines():
-        k, _, v = line.partition(":")
-        out[k] = v.strip()
-    return out
-
-
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split()]
 
 
 class Caller:
@@ -91,7 +70,7 @@ class Caller:
     @property
     def status(self) -> dict:
         if self._status is None:
-            st = read_status(self.tid)
+            st = procfs.status(self.tid)
             if st is None:
                 raise no_such_process()
             self._status = st
@@ -101,11 +80,11 @@ class Caller:
     def vtgid(self) -> int:
         if self.info.tgid == self.tid:
             return self.nspid[-1]
-        return _ints(self.status["NStgid"])[-1]
+        return procfs.ints(self.status["NStgid"])[-1]
 
     @property
     def vpgid(self) -> int:
-        return _ints(self.status["NSpgid"])[-1]
+        return procfs.ints(self.status["NSpgid"])[-1]
 
     @property
     def uids(self) -> list[int]:
@@ -155,7 +134,7 @@ def fdinfo_nspid(fd: int) -> list[int] | None:
         return None
     for line in data.split(b"\n"):
         if line.startswith(b"NSpid:"):
-            v = _ints(line[6:].decode())
+            v = procfs.ints(line[6:].decode())
             return v if v and v[0] > 0 else None
     return None
 
@@ -255,26 +234,9 @@ class PodProcs:
     def pea_of_cgroupid(self, cgid: int) -> str | None:
         pea = self._pea_by_cgid.get(cgid)
         if pea is None:
-            self._scan_peas()
+            self._pea_by_cgid = cgroup.pea_ids(self.pod)
             pea = self._pea_by_cgid.get(cgid)
         return pea
-
-    def _scan_peas(self) -> None:
-        # cgroup2 ids are the inode numbers of the cgroup directories; a
-        # process in a sub-cgroup of a pea belongs to that pea.
-        m: dict[int, str] = {}
-        try:
-            top = cgroup.pod_cgroup(self.pod)
-            peas = [e for e in os.scandir(top) if e.is_dir(follow_symlinks=False)]
-        except OSError:
-            peas = []
-        for e in peas:
-            for dirpath, _, _ in os.walk(e.path):
-                try:
-                    m[os.stat(dirpath).st_ino] = e.name
-                except OSError:
-                    pass
-        self._pea_by_cgid = m
 
     # ---------------------------------------------------------- targets
     def pin(self, host: int, caller: Caller, vpid: int, thread: bool = False) -> Target | None:
@@ -344,10 +306,10 @@ class PodProcs:
             except OSError:
                 continue
             for t in tids:
-                st = read_status(int(t))
+                st = procfs.status(int(t))
                 if st is None or "NSpid" not in st:
                     continue
-                nspid = _ints(st["NSpid"])
+                nspid = procfs.ints(st["NSpid"])
                 if len(nspid) >= d and nspid[d - 1] == vtid:
                     return self.pin(int(t), caller, vtid, thread=True)
         return None
@@ -355,9 +317,9 @@ class PodProcs:
     def _scan(self):
         """(host pid, NSpid) of every process in the pod's cgroups."""
         for host in cgroup.pids_in(self.pod):
-            st = read_status(host)
+            st = procfs.status(host)
             if st is not None and "NSpid" in st:
-                yield host, _ints(st["NSpid"])
+                yield host, procfs.ints(st["NSpid"])
 
     def members(self, caller: Caller, pred) -> list[tuple[int, int, dict]]:
         """(host pid, vpid, status) of the pod's processes in the caller's pid
@@ -366,10 +328,10 @@ class PodProcs:
         out = []
         d = caller.depth
         for host in cgroup.pids_in(self.pod):
-            st = read_status(host)
+            st = procfs.status(host)
             if st is None or "NSpid" not in st:
                 continue
-            nspid = _ints(st["NSpid"])
+            nspid = procfs.ints(st["NSpid"])
             if len(nspid) < d:
                 continue
             if pred(st, nspid):
@@ -392,11 +354,11 @@ def may_signal(caller: Caller, target: Target, sig: int = 0) -> bool:
     if caller.has_cap(CAP_KILL):
         return True
     if sig == SIGCONT:
-        st = read_status(target.host)
+        st = procfs.status(target.host)
         # read after pinning, checked alive after reading: the status was
         # the pinned process's
         if st is not None and "NSsid" in st and target.alive():
-            return _ints(st["NSsid"])[0] == _ints(caller.status["NSsid"])[0]
+            return procfs.ints(st["NSsid"])[0] == procfs.ints(caller.status["NSsid"])[0]
     return False
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from kernel import names
 from peafs.audit import escape_controls
 from pods import control, limits, runtime
 from pods.lifecycle_cmd import EXIT_USAGE, _connect, _err, pod_processes
@@ -34,7 +35,7 @@ def _lasting(what: str):
             return f"{what}: {e.strerror}"
         name = policy.name if runtime.is_alive(policy.name) else None
         return (runtime.lasting_dir(policy.root), name, [s.name for s in policy.services])
-    if not runtime.NAME_RE.match(what):
+    if not names.NAME_RE.match(what):
         return f"{what!r} is neither a pod name nor a policy file"
     state = runtime.read_state(what)
     if state is None or "root" not in state or not runtime.is_alive(what):

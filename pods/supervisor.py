@@ -58,6 +58,7 @@ from collections import Counter
 
 import trio
 
+from kernel import libc, procfs
 from peafs.execwatch import process_exited
 from pods import netbpf, notify
 from pods import seccomp_procs as procs
@@ -443,22 +444,22 @@ class Supervisor:
 
     def _arm_group(self, caller, vpgid: int) -> bool:
         d = caller.depth
-        members = self.procs.members(caller, lambda st, nspid: procs._ints(st["NSpgid"])[d - 1] == vpgid)
+        members = self.procs.members(caller, lambda st, nspid: procfs.ints(st["NSpgid"])[d - 1] == vpgid)
         for _host, _vpid, st in members:
             with self._armed_lock:
                 if len(self._armed_groups) >= self.ARM_LIMIT:
                     return False
-                self._armed_groups.add(procs._ints(st["NSpgid"])[0])
+                self._armed_groups.add(procfs.ints(st["NSpgid"])[0])
             return True
         return False
 
     def transition_guard(self, host_tgid: int) -> str | None:
         """Why ``host_tgid`` may not change pea now, or None (called from
         PeaFS's thread)."""
-        st = procs.read_status(host_tgid)
+        st = procfs.status(host_tgid)
         if st is None:
             return "it is gone"
-        pgid = procs._ints(st.get("NSpgid", ""))
+        pgid = procfs.ints(st.get("NSpgid", ""))
         with self._armed_lock:
             pfd = self._armed.get(host_tgid)
             if pfd is not None and not process_exited(pfd):
@@ -470,7 +471,7 @@ class Supervisor:
     def _group_all_in_pea(self, caller, vpgid: int):
         """CONT if every member of process group ``vpgid`` is in the caller's pea."""
         d = caller.depth
-        members = self.procs.members(caller, lambda st, nspid: procs._ints(st["NSpgid"])[d - 1] == vpgid)
+        members = self.procs.members(caller, lambda st, nspid: procfs.ints(st["NSpgid"])[d - 1] == vpgid)
         if not members:
             return ERR(errno.ESRCH)
         for host, vpid, _ in members:
@@ -502,7 +503,7 @@ class Supervisor:
             vpgid = caller.vpgid if pid == 0 else -pid
             d = caller.depth
             targets = self.procs.members(
-                caller, lambda st, nspid: procs._ints(st["NSpgid"])[d - 1] == vpgid)
+                caller, lambda st, nspid: procfs.ints(st["NSpgid"])[d - 1] == vpgid)
         return self._signal_group(fd, note, caller, targets, sig, everyone=pid == -1)
 
     def _signal_group(self, fd, note, caller, targets, sig, everyone=False):
@@ -613,7 +614,7 @@ class Supervisor:
     def _take(self, note, remote_fd: int) -> int:
         """A copy of the caller's descriptor ``remote_fd`` (the caller's
         table may change after this; the copy does not)."""
-        return notify.pidfd_getfd(self._caller(note).pidfd, remote_fd)
+        return libc.pidfd_getfd(self._caller(note).pidfd, remote_fd)
 
     def _pinned_by_pidfd(self, caller, pidfd_copy: int) -> procs.Target:
         try:
@@ -680,7 +681,7 @@ class Supervisor:
             if t.info.tgid != caller.tgid:
                 if caller.pea is None or t.pea != caller.pea or not procs.may_ptrace(caller, t):
                     return ERR(errno.EPERM)
-            got = notify.pidfd_getfd(copy, note.arg_int(1))
+            got = libc.pidfd_getfd(copy, note.arg_int(1))
             return FD(got)
         finally:
             os.close(copy)

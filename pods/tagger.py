@@ -59,6 +59,7 @@ import socket
 import struct
 import sys
 
+from kernel import libc, procfs
 from pods import namespaces as ns
 from pods.control import recv_msg, send_msg
 
@@ -70,8 +71,8 @@ TIOCSPTLCK = 0x40045431
 TIOCSCTTY = 0x540E
 TIOCSWINSZ = 0x5414
 
-POD_NS = (ns.CLONE_NEWUSER | ns.CLONE_NEWNS | ns.CLONE_NEWIPC | ns.CLONE_NEWUTS
-          | ns.CLONE_NEWNET | ns.CLONE_NEWCGROUP)
+POD_NS = (libc.CLONE_NEWUSER | libc.CLONE_NEWNS | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS
+          | libc.CLONE_NEWNET | libc.CLONE_NEWCGROUP)
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -143,7 +144,7 @@ def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> Non
         # CAP_SYS_ADMIN over the pod's user namespace, ours since step 4.
         if args.ipcns >= 0:
             step = "ipc namespace"
-            ns.setns(args.ipcns, ns.CLONE_NEWIPC)
+            ns.setns(args.ipcns, libc.CLONE_NEWIPC)
             os.close(args.ipcns)
         os.chdir("/")
         # 5. session and terminal.
@@ -153,7 +154,9 @@ def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> Non
             # The pod's devpts instance itself, no symlink followed: /dev is
             # read-only in a pod, and even so a pod-made link must neither
             # redirect this privileged open nor stall it in PeaFS.
-            master = ns.open_no_symlinks("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY)
+            master = libc.openat2(libc.AT_FDCWD, "/dev/pts/ptmx",
+                                  os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC,
+                                  libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_NO_MAGICLINKS)
             fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
             slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR)
             if args.rows and args.cols:
@@ -320,7 +323,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def monitor(args) -> int:
     ctl = socket.socket(fileno=args.ctl)
     # 1. the pod's pid namespace, for our children only.
-    ns.setns(args.pidfd, ns.CLONE_NEWPID)
+    ns.setns(args.pidfd, libc.CLONE_NEWPID)
     report_r, report_w = os.pipe()
     go_r, go_w = os.pipe()
     ptysock = peer = None
@@ -358,7 +361,7 @@ def monitor(args) -> int:
                 # The listener lives in the child; take a copy through its
                 # pidfd (we are host root, it is our child) for the daemon's
                 # supervisor, before the child may run anything filtered.
-                listener = ns.pidfd_getfd(child_pidfd, fd)
+                listener = libc.pidfd_getfd(child_pidfd, fd)
                 send_msg(ctl, {"listener": True}, [listener])
                 os.close(listener)
                 reply, _ = recv_msg(ctl)
@@ -381,7 +384,7 @@ def monitor(args) -> int:
             send_msg(ctl, {"error": msg if step == "exec" else f"{step}: {msg}",
                            "status": status})
             return status
-        send_msg(ctl, {"started": child, "vpid": _vpid(child)})
+        send_msg(ctl, {"started": child, "vpid": procfs.vpid(child)})
         status = _relay(ctl, child, child_pidfd, master)
     finally:
         os.close(report_r)
@@ -392,17 +395,6 @@ def monitor(args) -> int:
     except OSError:
         pass
     return exit_status
-
-
-def _vpid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return int(line.split()[-1])
-    except OSError:
-        pass
-    return None
 
 
 def main(argv=None) -> int:

@@ -14,11 +14,12 @@ import json
 import re
 from pathlib import Path
 
+from kernel.names import NAME_RE
+
 from .paths import path_problem
 from .policy import (KNOWN_GAPS, RESTART_POLICIES, RETIRED_GAPS, IdRange, Limits, Mount, Net,
                      Pea, Policy, Service, normal_perm)
 
-NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}\Z")
 NAME_RULE = 'use a lower-case letter, then up to 30 lower-case letters, digits or "-"'
 # A host name is what sethostname accepts and resolvers expect: RFC 1123
 # labels, 64 bytes at most (the kernel's limit for a UTS name).
