@@ -6,7 +6,7 @@ wrk) and then the mail stack (bench/apps_mail.py: Postfix + procmail,
 messages per second for 1 000 messages over SMTP). Each module runs its pod
 leg and its host leg alternated and reports ratios pod/host; see their
 docstrings for what each leg is. The paper measured 4% overhead for Apache
-(seeds 002, section 6): a ratio of 0.96 is the bar.
+(the Pea-Pod paper, section 6): a ratio of 0.96 is the bar.
 
 Either module also runs alone: ``python -m bench apps_web``, ``apps_mail``.
 """

@@ -1,4 +1,4 @@
-"""The `peafs` command: mount, run, umount, audit (DESIGN section 7).
+"""The `peafs` command: mount, run, umount, audit (README.md, "peafs").
 
     peafs mount ROOT MOUNTPOINT --policy POLICY [--foreground]
     peafs run MOUNTPOINT --pea PEA [--user UID] [--] CMD...

@@ -398,7 +398,7 @@ class PeaFS(pyfuse3.Operations):
         if not old_paths:
             raise ERR(errno.EACCES)
         # A pea may link only to what it may access (some letter of rwx):
-        # a new name is a new way to reach the object (DESIGN s.4).
+        # a new name is a new way to reach the object (docs/FORMAT.md section 9).
         self.enf.check_some(ctx, "link", old_paths, pea)
         # linkat through the handle's magic link: the object itself, never a
         # name a pod could have swapped meanwhile.

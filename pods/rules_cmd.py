@@ -3,7 +3,7 @@
 ``check`` validates policy files and prints every problem as FILE:LINE:
 message (exit 2), like a compiler, so an editor can jump to each line.
 ``explain`` answers "may this pea do that to this path, and which rule says
-so?" in words or as the JSON object of DESIGN section 7; it is how a policy
+so?" in words or as a JSON object; it is how a policy
 author verifies a rule before a pod runs under it.
 """
 

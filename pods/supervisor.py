@@ -12,7 +12,7 @@ thread. Any failure while deciding answers EPERM: a mediated call is never
 let through by accident. When the supervisor is gone (listener closed), the
 kernel fails every mediated call with ENOSYS.
 
-The rules (DESIGN s.4):
+The rules (SECURITY.md, "Processes"):
 
 Processes. A process may act on processes of its own pea only; across peas
 the call fails with EPERM. "Own pea" is decided on pinned processes
@@ -34,7 +34,7 @@ the call fails with EPERM. "Own pea" is decided on pinned processes
   checks are replicated for these (seccomp_procs.may_signal/may_ptrace).
 - group signals, kill(-1), kill(0) and kill(-pgrp), are performed by the
   supervisor for each target in the caller's pea, like the virtual
-  super-user of the seeds (000, "kill -1"): a pod's kill(-1) reaches its own
+  super-user of the Pea-Pod paper ("kill -1"): a pod's kill(-1) reaches its own
   pea only, and a process group that spans peas is signalled in the
   caller's pea only. Result: 0 if any process was signalled, else EPERM if
   some were refused, else ESRCH. Receivers see si_pid 0 (the sender is

@@ -5,7 +5,7 @@ prints them (FILE:LINE: warning: ...) and exits 0. They catch what a policy
 author most likely did not mean:
 
 * a transition that can never happen, because the pea that would execute
-  the program has no "x" on it (DESIGN s.4: "A must have x on P");
+  the program has no "x" on it (docs/FORMAT.md, section 8: the executing pea needs x);
 * a pea in complain mode, which logs refusals but enforces nothing;
 * a rule that replaces a rule set's rule for the same key with other
   letters (the pea's own rule wins; a later set wins over an earlier one).

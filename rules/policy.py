@@ -1,7 +1,7 @@
 """The objects a loaded policy is made of: Policy, Pea and their parts.
 
 A Policy is immutable once loaded, with one exception: the rules that hard
-links add (DESIGN section 4, "Hard links"). PeaFS calls ``add_link`` when a pod
+links add (docs/FORMAT.md, section 9, "Hard links"). PeaFS calls ``add_link`` when a pod
 process creates a link, so that the new name grants in every pea exactly what
 the original name granted at that moment; otherwise a pea could reach a file
 it may not write through a second name under a directory it may write.

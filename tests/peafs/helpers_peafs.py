@@ -1,4 +1,4 @@
-"""Shared helpers for helper B's PeaFS tests: snippets run as pod processes."""
+"""Shared helpers for the PeaFS tests: snippets run as pod processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hard links never widen a pea's rights (DESIGN s.4, "Hard links").
+"""Hard links never widen a pea's rights (docs/FORMAT.md section 9, SECURITY.md "Hard links").
 
 A pea that may write a directory can link into it a file it may access but
 not read (x only here; with no letter at all the link itself is refused:
@@ -20,7 +20,7 @@ POLICY = policy('''
 [pea.w.files]
 "/d" = "rw"
 "/d/" = "rw"
-"/secret" = "x"     # a letter on the original: w may link it (DESIGN s.4)
+"/secret" = "x"     # a letter on the original: w may link it (FORMAT.md section 9)
 
 [pea.owner.files]
 "/" = "rw"

@@ -1,6 +1,6 @@
 """A process that is not in the pod gets EACCES from PeaFS for everything.
 
-DESIGN s.5: the host (this test process: root, no pea), a process in the
+SECURITY.md, "The barrier": the host (this test process: root, no pea), a process in the
 pod's cgroup but not in one of its peas, a process in a same-named pea of
 another pod, and a host process running with a pod user's host uid are all
 outside the pod. None of them may read, write, create, remove, rename, list

@@ -1,7 +1,7 @@
 """Named sockets and FIFOs follow the file rules, for pod root too.
 
 connect() to a socket path needs w on it; opening a FIFO needs r for the
-read end and w for the write end (DESIGN s.4). Neither reaches FUSE's open:
+read end and w for the write end (SECURITY.md, "FIFOs and sockets"). Neither reaches FUSE's open:
 the kernel connects to the socket inode, or opens the pipe, after the
 lookup, so PeaFS must refuse at lookup time for a pea lacking the right. Pod
 root's CAP_DAC_OVERRIDE bypasses mode bits, never pea rules.

@@ -1,6 +1,6 @@
 """Attacks on exec transitions: a failed exec must leave the process in its pea.
 
-DESIGN s.4: a transition takes effect only when the exec commits (the
+SECURITY.md, "Exec transitions": a transition takes effect only when the exec commits (the
 kernel's point of no return). Since Linux 6.8 the kernel opens the program
 (the FUSE open with flag 0o40 that PeaFS sees) *before* it copies argv and
 envp, and many checks come after that open: a bad argv/envp pointer

@@ -2,7 +2,7 @@
 
 Pea "p" is run as pod root (uid 0, which has CAP_DAC_OVERRIDE over the pod's
 files inside its user namespace): what stops it is PeaFS, not mode bits.
-DESIGN s.4: r = open for reading, list a directory; w = write, truncate,
+docs/FORMAT.md section 6: r = open for reading, list a directory; w = write, truncate,
 chmod/chown/utimes, set/remove xattrs, and in a directory create, link,
 symlink, mknod, mkdir, unlink, rmdir, rename (both directories and the entry
 moved or replaced); x = execute. Seeing (lookup, stat, readlink, listxattr)

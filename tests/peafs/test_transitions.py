@@ -1,4 +1,4 @@
-"""Exec transitions (DESIGN s.4): a process of pea A that executes a program
+"""Exec transitions (docs/FORMAT.md section 8): a process of pea A that executes a program
 named in A's exec table (path rule or directory rule) is in the target pea
 from that exec on; A needs x on the program; the interpreter of a #! script
 is checked under the target pea; there is no way back.

@@ -1,4 +1,4 @@
-"""UID/GID virtualisation (DESIGN s.5): on disk the pod's virtual ids, to the
+"""UID/GID virtualisation (SECURITY.md, "User and group ids"): on disk the pod's virtual ids, to the
 kernel the pod's host range; a pod process sees its virtual ids again.
 
 Default map of the fixture: pod id U <-> host id 200000 + U (65536 ids).

@@ -1,4 +1,4 @@
-"""From pod to host (DESIGN s.5, SECURITY.md "From pod to host"): each way
+"""From pod to host (SECURITY.md "From pod to host"): each way
 out that pod root had, attacked.
 
 - Start-up fails closed: a pod process never runs without its seccomp

@@ -1,4 +1,4 @@
-"""Pod root against the kernel's own channels between peas (DESIGN s.4-5,
+"""Pod root against the kernel's own channels between peas (SECURITY.md, "The kernel's own separation between peas",
 SECURITY.md "Threat model": the attacker is root in the pod; each pea is
 protected from the others, the host from every pea).
 

@@ -1,4 +1,4 @@
-"""Peas and the network (DESIGN s.4): bind() only to a pea's listed ports,
+"""Peas and the network (SECURITY.md, "Network"): bind() only to a pea's listed ports,
 connect() and sends with an address only with connect = true; EACCES
 otherwise. Unix sockets are files (PeaFS rules them) and pass here.
 

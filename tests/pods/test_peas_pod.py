@@ -1,4 +1,4 @@
-"""Peas beyond files in a real pod (`pod start` / `pod exec`, helper D's
+"""Peas beyond files in a real pod (`pod start` / `pod exec`,
 daemon and tagger with pods.seccomp and pods.supervisor): two peas, every
 `pod exec` with its own filter chain and listener, one supervisor per pod.
 """

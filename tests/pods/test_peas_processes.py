@@ -1,4 +1,4 @@
-"""Peas and processes (DESIGN s.4): a process acts only on processes of its
+"""Peas and processes (SECURITY.md, "Processes"): a process acts only on processes of its
 own pea; across peas every such call fails with EPERM; wait() on a child in
 another pea works; kill(-1) and process groups reach the caller's pea only.
 

@@ -2,7 +2,7 @@
 
 Each snippet runs as pod root (uid 0, every capability of the pod's user
 namespace) through ``pod exec``; it prints an errno name or a marker, and the
-test asserts it. Calls refused by the seccomp filter are helper E's tests
+test asserts it. Calls refused by the seccomp filter are tested in test_seccomp_filter.py
 (tests/pods/test_seccomp*); here: what the namespaces, the pivot and the
 cgroup ownership refuse.
 """

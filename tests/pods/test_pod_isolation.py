@@ -76,7 +76,7 @@ def test_files_of_pod_root_and_pod_user_on_disk(shared_pod):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "0:0"
     st = os.stat(shared_pod.root / "tmp" / "by-root")
-    assert (st.st_uid, st.st_gid) == (0, 0)  # virtual ids on disk (DESIGN s.5)
+    assert (st.st_uid, st.st_gid) == (0, 0)  # virtual ids on disk (SECURITY.md, "User and group ids")
     r = shared_pod.exec("/bin/sh", "-c", "echo b > /tmp/by-user; stat -c %u:%g /tmp/by-user",
                         user=1000)
     assert r.stdout.strip() == "1000:1000", r.stderr

@@ -1,6 +1,6 @@
 """Exec transitions in a real pod (`pod start` / `pod exec --pea`).
 
-DESIGN s.4: a transition takes effect only when the exec commits. Since
+SECURITY.md, "Exec transitions": a transition takes effect only when the exec commits. Since
 Linux 6.8 the kernel opens the program (the exec open PeaFS sees) before it
 copies argv, so an execve with a bad argv pointer opens the program and then
 fails with EFAULT: the process must still be in its pea, without the target

@@ -1,4 +1,4 @@
-"""The four-step matching of DESIGN section 4, transitions, links, the API."""
+"""The four-step matching of docs/FORMAT.md section 7, transitions, links, the API."""
 
 from __future__ import annotations
 

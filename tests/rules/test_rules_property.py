@@ -1,6 +1,6 @@
 """Matching and transitions against a deliberately naive reference.
 
-The reference below is the four steps of DESIGN section 4 written as plainly
+The reference below is the four steps of docs/FORMAT.md section 7 written as plainly
 as possible over the rules as written (a dict of strings, walking up the
 path with string operations); the engine uses a tree of hash tables walked
 down. Random policies (as TOML text, so parsing is covered too), random
