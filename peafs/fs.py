@@ -142,9 +142,12 @@ class PeaFS(pyfuse3.Operations):
     # "." and ".." lookups are only for NFS export; without them the kernel
     # resolves ".." in its own dcache, and at the pod root ".." is the root.
     supports_dot_lookup = False
+    # No writeback cache: the kernel would turn write-only opens into
+    # read-write ones to fill its pages, and answer O_APPEND from a size it
+    # caches (removed as an untested mode, issue #13).
     enable_writeback_cache = False
 
-    def __init__(self, root_fd: int, policy, ids, enforcer, links, *, writeback: bool = False,
+    def __init__(self, root_fd: int, policy, ids, enforcer, links, *,
                  budget: OpenBudget | None = None, fd_cache: int = DEFAULT_FD_CACHE):
         super().__init__()
         self.table = InodeTable(root_fd, fd_cache)
@@ -153,7 +156,6 @@ class PeaFS(pyfuse3.Operations):
         self.ids = ids
         self.enf = enforcer
         self.links = links
-        self.enable_writeback_cache = writeback
         self.budget = budget if budget is not None else OpenBudget(1 << 30, policy.peas)
         self.dirs: dict[int, DirHandle] = {}
         # Open files: fh (our descriptor) -> (pea charged, whether the file
@@ -530,12 +532,6 @@ class PeaFS(pyfuse3.Operations):
         flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | FMODE_EXEC | os.O_NOFOLLOW
                    | os.O_DIRECT)
         flags |= os.O_CLOEXEC
-        if self.enable_writeback_cache:
-            # The kernel writes back whole pages and may read to fill them,
-            # and it handles O_APPEND itself from its cached size.
-            if flags & os.O_ACCMODE == os.O_WRONLY:
-                flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
-            flags &= ~os.O_APPEND
         return flags
 
     def _charge(self, ctx, pea, operation: str, paths) -> None:

@@ -76,13 +76,11 @@ def mount_options(pod: str) -> set[str]:
 
 
 class PeaFSSession:
-    def __init__(self, root: Path, mountpoint: Path, policy, state_dir: Path, *,
-                 writeback: bool = False):
+    def __init__(self, root: Path, mountpoint: Path, policy, state_dir: Path):
         self.root = Path(root)
         self.mountpoint = Path(mountpoint)
         self.policy = policy
         self.state_dir = Path(state_dir)
-        self.writeback = writeback
         self.ops: PeaFS | None = None
         self.audit: AuditLog | None = None
         self.watch: execwatch.ExecWatch | None = None   # only with exec rules
@@ -108,7 +106,7 @@ class PeaFSSession:
                                                  self._fuse_dev)
             enforcer = Enforcer(self.policy, ids, self.audit, self.watch)
             self.ops = PeaFS(root_fd, self.policy, ids, enforcer, links,
-                             writeback=self.writeback, fd_cache=fd_cache,
+                             fd_cache=fd_cache,
                              budget=OpenBudget(for_peas, self.policy.peas))
             pyfuse3.init(self.ops, str(self.mountpoint), mount_options(self.policy.name))
         except BaseException:

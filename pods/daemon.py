@@ -88,12 +88,11 @@ async def spawn(cmd, **kw) -> subprocess.Popen:
 
 
 class PodDaemon:
-    def __init__(self, policy, *, bind_root: bool = False, stop_timeout: float = 5.0):
+    def __init__(self, policy, *, stop_timeout: float = 5.0):
         self.policy = policy
         self.name = policy.name
         self.dir = runtime.pod_dir(self.name)
         self.mnt = self.dir / "mnt"
-        self.bind_root = bind_root
         self.stop_timeout = stop_timeout
         self.session = None  # PeaFSSession
         self.supervisor = None
@@ -158,17 +157,14 @@ class PodDaemon:
             self.service_log = services.ServiceLog(runtime.service_log(lasting))
         except OSError as e:
             raise StartError(f"state directory {lasting}: {e.strerror or e}") from e
-        if self.bind_root:
-            rootfs.bind_pod_root(self.policy.root, self.mnt)
-        else:
-            from peafs.session import PeaFSSession
+        from peafs.session import PeaFSSession
 
-            self.session = PeaFSSession(self.policy.root, self.mnt, self.policy, lasting)
-            try:
-                self.session.mount()
-            except Exception as e:  # noqa: BLE001 - reported as a start failure
-                raise StartError(f"PeaFS mount on {self.mnt}: "
-                                 f"{getattr(e, 'strerror', None) or e}") from e
+        self.session = PeaFSSession(self.policy.root, self.mnt, self.policy, lasting)
+        try:
+            self.session.mount()
+        except Exception as e:  # noqa: BLE001 - reported as a start failure
+            raise StartError(f"PeaFS mount on {self.mnt}: "
+                             f"{getattr(e, 'strerror', None) or e}") from e
 
     # --------------------------------------------------------- the pod (async)
 
@@ -809,8 +805,6 @@ def main(argv=None) -> int:
     p.add_argument("--policy", required=True)
     p.add_argument("--ready-fd", type=int, required=True)
     p.add_argument("--lock-fd", type=int, required=True)
-    p.add_argument("--bind-root", action="store_true",
-                   help="test only: a bind mount of the staging dir instead of PeaFS")
     args = p.parse_args(argv)
     os.set_inheritable(args.lock_fd, False)
     os.set_inheritable(args.ready_fd, False)
@@ -819,14 +813,13 @@ def main(argv=None) -> int:
     except rules.PolicyError as e:
         _report(args.ready_fd, f"error {e}")
         return 2
-    daemon = PodDaemon(policy, bind_root=args.bind_root)
+    daemon = PodDaemon(policy)
     daemon.state = {"name": policy.name, "policy": str(Path(args.policy).resolve()),
                     "root": str(policy.root), "daemon_pid": os.getpid(),
                     "uid_map": [list(r) for r in policy.uid_map],
                     "gid_map": [list(r) for r in policy.gid_map],
                     "peas": list(policy.peas), "default_pea": policy.default_pea,
                     "services": [sv.name for sv in policy.services],
-                    "pod_root": "bind" if args.bind_root else "peafs",
                     "started": time.time(), "state": "starting",
                     "net": ({"ip": policy.net.ip, "host_ip": policy.net.host_ip,
                              "prefixlen": policy.net.prefixlen} if policy.net else None)}

@@ -223,8 +223,6 @@ def _spawn_daemon(policy, args, d: Path) -> int:
     log = os.open(d / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     cmd = [sys.executable, "-m", "pods.daemon", "--policy", str(Path(args.policy).resolve()),
            "--ready-fd", str(ready_w), "--lock-fd", str(pod_lock)]
-    if getattr(args, "bind_root", False):
-        cmd.append("--bind-root")
     env = child_env()
     env["PEAPOD_RUN"] = str(runtime.run_dir())
     try:

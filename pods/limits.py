@@ -105,11 +105,6 @@ def setup(pod: str, memory: int | None, pids: int | None) -> None:
                     _write(d / "pids.max", f"{values[c]}\n")
 
 
-def join(pid: int, pod: str) -> None:
-    for d in v1_dirs(pod):
-        _write(d / "cgroup.procs", f"{pid}\n")
-
-
 def remove(pod: str) -> None:
     """Remove the v1 cgroups (the unified ones go with peafs.cgroup.remove_pod)."""
     for d in v1_dirs(pod):

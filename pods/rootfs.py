@@ -156,12 +156,6 @@ def detach_unneeded(needed: list[str]) -> int:
     return count
 
 
-def bind_pod_root(staging: Path, mountpoint: Path) -> None:
-    """Fallback pod root without PeaFS: a plain bind mount of the staging dir.
-    Used only by tests of the namespace machinery; a real pod uses PeaFS."""
-    ns.mount(str(staging), str(mountpoint), None, ns.MS_BIND | ns.MS_REC)
-
-
 def mount_proc_and_dev(root_fd: int, pts_gid: int | None) -> None:
     """Mount the pod's /proc and a minimal /dev under the pod root.
 

@@ -77,9 +77,22 @@ def service_log(lasting: Path) -> Path:
     return Path(lasting) / SERVICE_LOG_NAME
 
 
+# state.json, written by the daemon, read by every `pod` command. Version 1:
+# {"version": 1, "name", "policy" (its file), "root", "daemon_pid",
+#  "keeper_pid", "init_pid", "uid_map", "gid_map" ([[inside, outside, count]]),
+#  "peas", "default_pea", "services" (names), "started" (unix time),
+#  "state" ("starting" | "running" | "stopping"), "veth" (host side or null),
+#  "net" ({"ip", "host_ip", "prefixlen"} or null)}. A field's meaning never
+# changes within a version; a reader of another version refuses the file.
+STATE_VERSION = 1
+
+
 def read_state(name: str) -> dict | None:
     try:
-        return json.loads((pod_dir(name) / "state.json").read_text())
+        state = json.loads((pod_dir(name) / "state.json").read_text())
+        # A state of another version (a daemon of another release still
+        # running) is not guessed at: the pod looks unreadable, not wrong.
+        return state if isinstance(state, dict) and state.get("version") == STATE_VERSION else None
     except (OSError, ValueError):
         return None
 
@@ -87,7 +100,7 @@ def read_state(name: str) -> dict | None:
 def write_state(name: str, state: dict) -> None:
     path = pod_dir(name) / "state.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    tmp.write_text(json.dumps({**state, "version": STATE_VERSION}, indent=1) + "\n")
     os.replace(tmp, path)  # readers see the old or the new state, never half
 
 

@@ -104,7 +104,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import socket
 import struct
 
 from pods.seccomp_syscalls import (
@@ -483,21 +482,6 @@ def install(notify: bool = True) -> int | None:
             what = "the pod's seccomp filter"
         raise SeccompUnavailable(e, f"the kernel refused {what}: {os.strerror(e)}")
     return int(rc) if notify else None
-
-
-# ------------------------------------------------ handing the listener over
-def send_fd(sock: socket.socket, fd: int) -> None:
-    """Send ``fd`` over a Unix socket (SCM_RIGHTS). Only before install():
-    sendmsg is mediated afterwards, and the listener just created is not yet
-    served by anybody (use :func:`pidfd_take` from the receiving side then)."""
-    socket.send_fds(sock, [b"F"], [fd])
-
-
-def recv_fd(sock: socket.socket) -> int:
-    _, fds, _, _ = socket.recv_fds(sock, 1, 1)
-    if not fds:
-        raise OSError(errno.EBADMSG, "no descriptor received")
-    return fds[0]
 
 
 def pidfd_take(pid: int, fd: int) -> int:
