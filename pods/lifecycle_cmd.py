@@ -594,9 +594,11 @@ def cmd_list(args) -> int:
 
 # ------------------------------------------------------------------ audit
 
-def _audit_path(what: str) -> Path | str:
-    """The audit log of a running pod NAME, or of the pod a policy file
-    describes (running or not: the log outlives the pod); or why not."""
+def find_lasting(what: str, log_name: str):
+    """(ROOT.peapod of running pod NAME, or of the pod a policy file
+    describes, running or not; the running pod's name or None; its service
+    names or None), or why not. The logs kept there (the audit log, the
+    services' log: ``log_name``, for the message) outlive the pod."""
     if what.endswith(".toml") or "/" in what:
         import rules
 
@@ -606,16 +608,26 @@ def _audit_path(what: str) -> Path | str:
             return str(e)
         except OSError as e:
             return f"{what}: {e.strerror}"
-        return runtime.audit_log(policy.root)
+        name = policy.name if runtime.is_alive(policy.name) else None
+        return runtime.lasting_dir(policy.root), name, [sv.name for sv in policy.services]
     if not names.NAME_RE.match(what):
         return (f"{shown(what)} is neither a pod name nor a policy file (.toml): "
                 f"a pod name is a lowercase letter, then at most 30 lowercase letters, "
                 f"digits and '-'")
     state = runtime.read_state(what)
-    if state is None or "root" not in state:
+    if state is None or "root" not in state or not runtime.is_alive(what):
         return (f"pod {what} is not running; for a stopped pod give its policy file "
-                f"(the log is ROOT.peapod/audit.log beside the pod's root)")
-    return runtime.audit_log(Path(state["root"]))
+                f"(the log is ROOT.peapod/{log_name} beside the pod's root)")
+    return runtime.lasting_dir(Path(state["root"])), what, state.get("services")
+
+
+def _audit_path(what: str) -> Path | str:
+    """The audit log of a running pod NAME, or of the pod a policy file
+    describes; or why not."""
+    from peafs.audit import AUDIT_NAME
+
+    found = find_lasting(what, AUDIT_NAME)
+    return found if isinstance(found, str) else found[0] / AUDIT_NAME
 
 
 def cmd_audit(args) -> int:

@@ -244,26 +244,38 @@ def _program(hook: str, pea: PeaNet, host4: list[bytes], host6: list[bytes],
     if not any(label == "refuse" for _, label in a.fixups):
         return a.assemble()                             # nothing is refused
     a.here("refuse")
-    # the audit record, at fp-48 (r10 is the frame pointer)
+
+    def address():
+        a.ldw(2, 6, _USER_FAMILY)
+        a.stw(10, -32, 2)
+        a.ldw(2, 6, _USER_PORT)
+        a.stw(10, -28, 2)
+        if v6:
+            for i in range(4):
+                a.ldw(2, 6, _USER_IP6 + 4 * i)
+                a.stw(10, -24 + 4 * i, 2)
+        else:
+            a.ldw(2, 6, _USER_IP4)
+            a.stw(10, -24, 2)
+            for i in range(1, 4):
+                a.stiw(10, -24 + 4 * i, 0)
+    _record_and_refuse(a, op, pea, queue_fd, allow_ret, address)
+    return a.assemble()
+
+
+def _record_and_refuse(a: _Asm, op: int, pea: PeaNet, queue_fd: int, allow_ret: int,
+                       address) -> None:
+    """The end of every program at its "refuse" label: the audit record at
+    fp-48 (r10 is the frame pointer; ``address()`` emits the family, port
+    and address words), pushed onto the pod's queue, then EACCES, or in a
+    complain pea ``allow_ret``."""
     a.call(_GET_CURRENT_PID_TGID)
     a.stdw(10, -48, 0)
     a.call(_GET_CURRENT_UID_GID)
     a.stw(10, -8, 0)
     a.stiw(10, -40, op)
     a.stiw(10, -36, pea.index)
-    a.ldw(2, 6, _USER_FAMILY)
-    a.stw(10, -32, 2)
-    a.ldw(2, 6, _USER_PORT)
-    a.stw(10, -28, 2)
-    if v6:
-        for i in range(4):
-            a.ldw(2, 6, _USER_IP6 + 4 * i)
-            a.stw(10, -24 + 4 * i, 2)
-    else:
-        a.ldw(2, 6, _USER_IP4)
-        a.stw(10, -24, 2)
-        for i in range(1, 4):
-            a.stiw(10, -24 + 4 * i, 0)
+    address()
     a.stiw(10, -4, 1 if pea.complain else 0)
     a.ld_map(1, queue_fd)
     a.movr(2, 10)
@@ -278,7 +290,6 @@ def _program(hook: str, pea: PeaNet, host4: list[bytes], host6: list[bytes],
         a.call(_SET_RETVAL)
         a.mov(0, 0)
         a.exit()
-    return a.assemble()
 
 
 def _unix_program(hook: str, pea: PeaNet, names_fd: int, queue_fd: int,
@@ -340,32 +351,14 @@ def _unix_program(hook: str, pea: PeaNet, names_fd: int, queue_fd: int,
         a.mov(0, 0)
         a.exit()
     a.here("refuse")
-    op = 4 if hook == "connect_unix" else 5
-    a.call(_GET_CURRENT_PID_TGID)
-    a.stdw(10, -48, 0)
-    a.call(_GET_CURRENT_UID_GID)
-    a.stw(10, -8, 0)
-    a.stiw(10, -40, op)
-    a.stiw(10, -36, pea.index)
-    a.stiw(10, -32, AF_UNIX)
-    a.stiw(10, -28, 0)
-    for i in range(4):                                  # the name's first 16 bytes
-        a.ldw(1, 10, key + 4 + 4 * i)
-        a.stw(10, -24 + 4 * i, 1)
-    a.stiw(10, -4, 1 if pea.complain else 0)
-    a.ld_map(1, queue_fd)
-    a.movr(2, 10)
-    a.add(2, -48)
-    a.mov(3, 0)
-    a.call(_MAP_PUSH_ELEM)
-    if pea.complain:
-        a.mov(0, 1)
-        a.exit()
-    else:
-        a.mov(1, -errno.EACCES)
-        a.call(_SET_RETVAL)
-        a.mov(0, 0)
-        a.exit()
+
+    def address():
+        a.stiw(10, -32, AF_UNIX)
+        a.stiw(10, -28, 0)
+        for i in range(4):                              # the name's first 16 bytes
+            a.ldw(1, 10, key + 4 + 4 * i)
+            a.stw(10, -24 + 4 * i, 1)
+    _record_and_refuse(a, 4 if hook == "connect_unix" else 5, pea, queue_fd, 1, address)
     return a.assemble()
 
 

@@ -15,33 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from kernel import names
 from peafs.audit import escape_controls
 from pods import control, limits, runtime
-from pods.lifecycle_cmd import EXIT_USAGE, _connect, _err, pod_processes
-
-
-def _lasting(what: str):
-    """(ROOT.peapod of the pod NAME or POLICY, running pod name or None,
-    its service names or None), or a message saying why not."""
-    if what.endswith(".toml") or "/" in what:
-        import rules
-
-        try:
-            policy = rules.load(what)
-        except rules.PolicyError as e:
-            return str(e)
-        except OSError as e:
-            return f"{what}: {e.strerror}"
-        name = policy.name if runtime.is_alive(policy.name) else None
-        return (runtime.lasting_dir(policy.root), name, [s.name for s in policy.services])
-    if not names.NAME_RE.match(what):
-        return f"{what!r} is neither a pod name nor a policy file"
-    state = runtime.read_state(what)
-    if state is None or "root" not in state or not runtime.is_alive(what):
-        return (f"pod {what} is not running; for a stopped pod give its policy file "
-                f"(the log is ROOT.peapod/{runtime.SERVICE_LOG_NAME} beside the pod's root)")
-    return runtime.lasting_dir(Path(state["root"])), what, state.get("services")
+from pods.lifecycle_cmd import EXIT_USAGE, _connect, _err, find_lasting, pod_processes
 
 
 def _when(t) -> str:
@@ -89,7 +65,7 @@ def _print_lines(lines: list[bytes], service, as_json: bool) -> None:
 
 
 def cmd_logs(args) -> int:
-    found = _lasting(args.pod)
+    found = find_lasting(args.pod, runtime.SERVICE_LOG_NAME)
     if isinstance(found, str):
         _err(found)
         return EXIT_USAGE
