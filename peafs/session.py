@@ -6,8 +6,11 @@
                        # until s.close() or an unmount
     s.close()          # unmount (idempotent)
 
-pyfuse3 allows one session per process. ``mount()`` sets the process umask to
-0 (modes arriving from the kernel already carry the caller's umask) and
+pyfuse3 allows one session per process. ``serve()`` gives its own thread a
+umask of 0 (modes arriving from the kernel already carry the caller's umask),
+in a file-system context of that thread alone (unshare(CLONE_FS): umask,
+cwd and root become per thread), so no other part of the process (the pod
+daemon, its children) inherits it. ``mount()``
 raises the soft RLIMIT_NOFILE to the hard limit, then divides the descriptors: a
 bounded cache of O_PATH handles (inodes.py), a reserve for the daemon's own
 use (the pods' supervisor, pidfds, the control socket, /proc reads), and the
@@ -24,6 +27,8 @@ from pathlib import Path
 
 import pyfuse3
 import trio
+
+from kernel import libc
 
 from . import cgroup, execwatch, mountinfo
 from .audit import AuditLog
@@ -91,7 +96,6 @@ class PeaFSSession:
 
     def mount(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        os.umask(0)
         fd_cache, for_peas = divide_descriptors(raise_nofile())
         root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -167,6 +171,8 @@ class PeaFSSession:
         if not self._mounted:
             raise RuntimeError("PeaFSSession.serve() before mount()")
         self._serving = True
+        libc.unshare(libc.CLONE_FS)
+        os.umask(0)
         try:
             # Most handlers never await (each runs to completion) and one
             # task serves them; pyfuse3 starts another when a handler waits

@@ -37,7 +37,7 @@ on the host, fully host root and outside every pod namespace, and the
              setresuid to the pod user: a non-root user loses every
              capability here.
           7. close every fd but 0, 1, 2: nothing of the daemon's leaks;
-             umask 022 (the daemon's own is 0, for PeaFS).
+             umask 022 (whatever the spawning thread had).
           8. seccomp filter (pods.seccomp), the last step: no_new_privs, the
              deny list, and the notification listener, which the monitor
              takes out of the child with pidfd_getfd and hands to the
@@ -189,10 +189,10 @@ def _child(args, report_w: int, go_r: int, ptysock: socket.socket | None) -> Non
         # control socket would let CMD talk to the daemon as its tagger.
         _close_all_but({0, 1, 2, report_w, go_r})
         os.set_inheritable(report_w, False)
-        # The daemon runs with umask 0 (PeaFS must create with exactly the
-        # mode the kernel hands it, the caller's umask already applied):
-        # CMD gets the usual 022, not a umask that makes every file it
-        # creates writable by all.
+        # CMD starts with the usual 022, whatever the thread that spawned
+        # us had (PeaFS's serving thread runs with 0, in a file-system
+        # context of its own, and a worker thread it made may have started
+        # us): never a umask that makes every file CMD creates writable by all.
         os.umask(0o022)
         env = {"PATH": PATH, "HOME": "/root" if args.uid == 0 else "/",
                "HOSTNAME": os.uname().nodename}

@@ -281,3 +281,26 @@ def test_link_rules_and_audit_log_outlive_the_pod(pod_factory):
     lines = [(e["operation"], e["need"], e["kind"], e["path"] == e["rule"]) for e in refused
              if e["path"] in ("/srv/data/l", "/srv/motd")]
     assert lines == [("open", "w", "path", True)] * 2, refused
+
+
+def test_the_daemon_keeps_its_umask_only_peafs_s_thread_has_0(pod_factory):
+    """PeaFS needs umask 0 (the modes the kernel hands it already carry the
+    caller's umask). It used to set it for the whole daemon, so every child
+    had to undo it; now only its serving thread has it, in a file-system
+    context of its own (unshare(CLONE_FS))."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    pod = pod_factory.start()
+    pid = pod.state()["daemon_pid"]
+
+    def umask_of(path):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+        raise AssertionError(f"no Umask in {path}")
+
+    assert umask_of(f"/proc/{pid}/status") == mask
+    per_thread = {int(t): umask_of(f"/proc/{pid}/task/{t}/status")
+                  for t in os.listdir(f"/proc/{pid}/task")}
+    assert 0 in per_thread.values(), per_thread          # PeaFS's thread
+    assert per_thread[pid] == mask
