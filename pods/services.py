@@ -104,7 +104,7 @@ class ServiceState:
         self.restarts = 0
         self.last_end: str | None = None
         self.since = time.time()
-        self.first_run_over = trio.Event()
+        self.settled = trio.Event()       # the first run started, or is over
         self.first_failure: str | None = None
         self.last_line = ""               # its last line of output (for a failed start)
 
@@ -145,9 +145,7 @@ class ServiceManager:
             nursery.start_soon(self._run, st)
         deadline = trio.current_time() + START_GRACE
         for st in self.states:
-            # Each first run is either under way (started) or over.
-            while st.state == "starting" and not st.first_run_over.is_set():
-                await trio.sleep(0.01)
+            await st.settled.wait()
         await trio.sleep_until(max(deadline, trio.current_time() + START_GRACE))
         for st in self.states:
             if st.first_failure is not None:
@@ -159,6 +157,12 @@ class ServiceManager:
         return [st.as_dict() for st in self.states]
 
     async def _run(self, st: ServiceState) -> None:
+        try:
+            await self._runs(st)
+        finally:
+            st.settled.set()     # `start` never waits for a service that will not run
+
+    async def _runs(self, st: ServiceState) -> None:
         spec = st.spec
         delay = RESTART_FIRST
         first = True
@@ -178,7 +182,7 @@ class ServiceManager:
                 first = False
                 if failed and not self.daemon.stopping:
                     st.first_failure = what
-                st.first_run_over.set()
+                st.settled.set()
             if self.daemon.stopping:
                 st.set("stopped")
                 self.log.event(spec.name, f"{what} (the pod stops)")
@@ -213,6 +217,7 @@ class ServiceManager:
         def on_started(msg: dict) -> None:
             st.pid, st.vpid = msg.get("started"), msg.get("vpid")
             st.set("running")
+            st.settled.set()
             self.log.event(spec.name, f"started (pid {st.vpid} in the pod)")
 
         # The pump belongs to the daemon's nursery, not to this run: the
