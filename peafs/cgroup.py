@@ -152,9 +152,9 @@ def remove_pod(pod: str) -> None:
                 raise CgroupError(f"cannot remove cgroup {dirpath}: {e.strerror}") from e
 
 
-def pids_in(pod: str) -> list[int]:
-    """Every pid in every pea of the pod (recursively)."""
-    top = pod_cgroup(pod)
+def pids_in(pod: str, pea: str | None = None) -> list[int]:
+    """Every pid in every pea of the pod, or in ``pea`` only (recursively)."""
+    top = pod_cgroup(pod) if pea is None else pea_cgroup(pod, pea)
     out: list[int] = []
     for dirpath, _, files in os.walk(top):
         if "cgroup.procs" in files:

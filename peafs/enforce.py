@@ -196,16 +196,6 @@ class Enforcer:
 
     # -- audit -------------------------------------------------------------
 
-    def log_special(self, ctx, pea, paths, socket: bool) -> None:
-        """Complain mode, a FIFO or socket the pea lacks r or w on: log each
-        missing letter as the open (FIFO) or connect (socket) it would refuse."""
-        for parts in paths:
-            m = pea.match_parts(parts)
-            missing = "".join(c for c in "rw" if c not in m.perm)
-            if missing:
-                self._log(pea.name, ctx, "connect" if socket else "open", path_str(parts),
-                          missing, m.rule, m.kind, True)
-
     def log_limit(self, pea: str, ctx, operation: str, path: str, why: str) -> None:
         """A refusal for a resource bound, not a rule (never in complain mode)."""
         self._log(pea, ctx, operation, path, "", why, "limit", False)

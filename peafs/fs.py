@@ -222,7 +222,8 @@ class PeaFS(pyfuse3.Operations):
             # log, which is what `pod rules suggest` learns rules from. The
             # kernel opens the object without asking us, so this is the one
             # moment we see it.
-            self.enf.log_special(ctx, pea, paths, ino.fmt == stat.S_IFSOCK)
+            self.enf.check(ctx, "connect" if ino.fmt == stat.S_IFSOCK else "open", "rw",
+                           paths, pea=pea)
             return
         mode = a.st_mode & 0o777
         vuid = self.ids.uid.to_virtual(ctx.uid)

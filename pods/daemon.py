@@ -501,8 +501,7 @@ class PodDaemon:
                              f"them to [pod] accept_gaps", "status": 2}
         removed = [p for p in old.peas if p not in new.peas]
         for pea in removed:
-            pids = [p for p in cgroup.pids_in(self.name)
-                    if cgroup.pea_of(p, self.name) == pea]
+            pids = cgroup.pids_in(self.name, pea)
             if pids:
                 return {"error": f"pea {pea} still has {len(pids)} process(es): stop them "
                                  f"before a policy without it is loaded", "status": 2}
@@ -594,12 +593,9 @@ class PodDaemon:
         name from the pod's /etc/passwd (pods/podusers.py)."""
         if isinstance(user, int):
             _, uid, gid = self.check_exec(self.policy.default_pea, user)
-            return uid, gid
-        uid, gid = podusers.lookup(self.policy.root, user)
-        if not (idmap.is_mapped(self.policy.uid_map, uid)
-                and idmap.is_mapped(self.policy.gid_map, gid)):
-            raise podusers.UserError(f"user {user!r} ({uid}:{gid}) is not mapped in "
-                                     f"pod {self.name}")
+        else:   # check_exec refuses ids the pod does not map
+            _, uid, gid = self.check_exec(self.policy.default_pea,
+                                          *podusers.lookup(self.policy.root, user))
         return uid, gid
 
     # ----------------------------------------------------------------- serve

@@ -282,14 +282,18 @@ def _record_and_refuse(a: _Asm, op: int, pea: PeaNet, queue_fd: int, allow_ret: 
     a.add(2, -48)
     a.mov(3, 0)
     a.call(_MAP_PUSH_ELEM)       # a full queue drops the record, not the decision
+    _answer(a, pea, allow_ret, errno.EACCES)
+
+
+def _answer(a: _Asm, pea: PeaNet, allow_ret: int, err: int) -> None:
+    """Fail the call with ``err``, or in a complain pea let it through."""
     if pea.complain:
         a.mov(0, allow_ret)
-        a.exit()
     else:
-        a.mov(1, -errno.EACCES)
+        a.mov(1, -err)
         a.call(_SET_RETVAL)
         a.mov(0, 0)
-        a.exit()
+    a.exit()
 
 
 def _unix_program(hook: str, pea: PeaNet, names_fd: int, queue_fd: int,
@@ -342,14 +346,7 @@ def _unix_program(hook: str, pea: PeaNet, names_fd: int, queue_fd: int,
     # of a name nobody bound, whoever asks: a client waiting for its server
     # retries on ECONNREFUSED. Not a refusal of a rule: not logged.
     a.here("unknown")
-    if pea.complain:
-        a.mov(0, 1)
-        a.exit()
-    else:
-        a.mov(1, -errno.ECONNREFUSED)
-        a.call(_SET_RETVAL)
-        a.mov(0, 0)
-        a.exit()
+    _answer(a, pea, 1, errno.ECONNREFUSED)
     a.here("refuse")
 
     def address():

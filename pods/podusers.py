@@ -23,21 +23,12 @@ def _shown(text: str) -> str:
     return '"' + escape_controls(text).replace("\n", "\\n") + '"'
 
 
-def lookup(root: Path, user: str) -> tuple[int, int]:
-    """(uid, gid) of ``user`` (pod ids) in the /etc/passwd of the pod whose
-    staging directory is ``root``; UserError says why not."""
-    found = _lookup(Path(root), user)
-    if isinstance(found, str):
-        raise UserError(found)
-    return found
-
-
 PASSWD_MAX = 1 << 20
 
 
-def _lookup(root: Path, user: str) -> tuple[int, int] | str:
-    """(uid, gid) of ``user`` in the /etc/passwd of the pod whose staging
-    directory is ``root``, or why not (a message).
+def lookup(root: Path, user: str) -> tuple[int, int]:
+    """(uid, gid) of ``user`` (pod ids) in the /etc/passwd of the pod whose
+    staging directory is ``root``; UserError says why not.
 
     The file is pod root's: it may be a symlink to a host file (/etc/shadow,
     a file of crafted lines), a FIFO that never answers, a device, or huge.
@@ -48,23 +39,23 @@ def _lookup(root: Path, user: str) -> tuple[int, int] | str:
     reading (through that descriptor, so it is the same file): no FIFO or
     device is ever opened. At most PASSWD_MAX bytes are read."""
     try:
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        root_fd = os.open(Path(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        return f"the pod's root {root}: {e.strerror}"
+        raise UserError(f"the pod's root {root}: {e.strerror}")
     try:
         fd = libc.openat2(root_fd, "etc/passwd", os.O_PATH | os.O_CLOEXEC,
                           libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS)
     except FileNotFoundError:
         fd = None
     except OSError as e:
-        return f"the pod's /etc/passwd: {e.strerror}"
+        raise UserError(f"the pod's /etc/passwd: {e.strerror}")
     finally:
         os.close(root_fd)
     data = b""
     if fd is not None:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return "the pod's /etc/passwd is not a regular file"
+                raise UserError("the pod's /etc/passwd is not a regular file")
             rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
             try:
                 while len(data) <= PASSWD_MAX:
@@ -75,11 +66,11 @@ def _lookup(root: Path, user: str) -> tuple[int, int] | str:
             finally:
                 os.close(rfd)
         except OSError as e:
-            return f"the pod's /etc/passwd: {e.strerror}"
+            raise UserError(f"the pod's /etc/passwd: {e.strerror}")
         finally:
             os.close(fd)
         if len(data) > PASSWD_MAX:
-            return f"the pod's /etc/passwd is larger than {PASSWD_MAX >> 20} MiB"
+            raise UserError(f"the pod's /etc/passwd is larger than {PASSWD_MAX >> 20} MiB")
     wanted = os.fsencode(user)
     for line in data.split(b"\n"):
         fields = line.split(b":")
@@ -88,6 +79,6 @@ def _lookup(root: Path, user: str) -> tuple[int, int] | str:
         if len(fields) >= 4 and fields[0] == wanted and fields[2].isdigit() \
                 and fields[3].isdigit():
             return int(fields[2]), int(fields[3])
-    return f"no user {_shown(user)} in the pod's /etc/passwd"
+    raise UserError(f"no user {_shown(user)} in the pod's /etc/passwd")
 
 

@@ -101,9 +101,7 @@ def reload(args) -> int:
     policy = None
     if args.policy is not None:
         policy = str(Path(args.policy).resolve())
-        problem = _load_problem(args.policy)
-        if problem is not None:
-            print(problem, file=sys.stderr)
+        if _load(args.policy) is None:      # its FILE:LINE problems, printed
             return EXIT_BAD_INPUT
     s = _connect(args.name)
     if s is None:
@@ -129,19 +127,6 @@ def reload(args) -> int:
         parts.append("removed peas " + ", ".join(reply["removed"]))
     print("; ".join(parts))
     return 0
-
-
-def _load_problem(path: str) -> str | None:
-    """Why ``path`` is not a valid policy (FILE:LINE lines), or None."""
-    import rules
-
-    try:
-        rules.load(path)
-    except rules.PolicyError as e:
-        return str(e)
-    except OSError as e:
-        return f"{path}: {e.strerror}"
-    return None
 
 
 def _load(path: str) -> rules.Policy | None:
