@@ -1,11 +1,13 @@
 """The pea check: who is calling, and may its pea do this to that path?
 
 Every request carries the calling thread's id (ctx.pid, in the daemon's pid
-namespace). Its pea is its cgroup, read fresh from /proc/TID/cgroup for every
-check (cgroup.pea_of): while the request is pending the thread cannot be
-reaped, so the id cannot be reused under us, and no cache can hand a reused
-id a dead process's pea. A caller in no pea of this pod (a host process,
-another pod) is refused everything: that is the barrier.
+namespace). Its pea is its cgroup, read from /proc/TID/cgroup once per
+thread and kept with a pidfd of that thread (peacache.py): while the request
+is pending the thread cannot be reaped, and a cached answer is used only
+while its pidfd's thread lives, so a reused id never gets a dead thread's
+pea; the exec watch empties the cache whenever it moves a process. A caller
+in no pea of this pod (a host process, another pod) is refused everything:
+that is the barrier.
 
 Permissions are the rule engine's (rules/): each pod path of the object is
 matched for the caller's pea and the needed letters must all be granted, on
@@ -22,7 +24,8 @@ import pyfuse3
 
 from kernel import procfs
 
-from . import cgroup, execwatch
+from . import execwatch
+from .peacache import PeaCache
 
 ERR = pyfuse3.FUSEError
 
@@ -38,6 +41,9 @@ class Enforcer:
         self.ids = ids
         self.audit = audit
         self.watch = watch        # execwatch.ExecWatch: pending transitions
+        self.peas = PeaCache(self.pod)
+        if watch is not None:
+            watch.on_move = self.peas.moved
 
     # -- the caller --------------------------------------------------------
 
@@ -46,7 +52,7 @@ class Enforcer:
             # A pending transition may have committed: apply it first, so
             # the new program is judged under its new pea (execwatch.py).
             self.watch.settle()
-        name = cgroup.pea_of(ctx.pid, self.pod)
+        name = self.peas.pea_of(ctx.pid)
         return name if name in self.policy.peas else None
 
     def caller(self, ctx, operation: str, path: str = "") :

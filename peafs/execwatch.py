@@ -204,6 +204,9 @@ class ExecWatch:
         # PR_SET_PDEATHSIG), which would cross the transition.
         self.guard = None
         self._moved: dict[int, _Moved] = {}
+        # Called after every cgroup write that moves a process: the
+        # enforcer's per-thread pea cache (peacache.py) forgets its answers.
+        self.on_move = lambda: None
         self.sock = self._open_socket()
         self.lock = threading.RLock()
 
@@ -380,6 +383,8 @@ class ExecWatch:
                 self._log(p, "x", f"cannot move to pea {p.target} ({e}): killed")
                 self._signal(p.pidfd)
                 return False
+            finally:
+                self.on_move()      # even a failed write may have moved it
             self._moved[p.tgid] = _Moved(p.source, p.target, {p.tgid})
             return True
         finally:
@@ -394,6 +399,8 @@ class ExecWatch:
                         cgroup.join(child, self.pod, m.target)
                     except cgroup.CgroupError:
                         self._kill_pid(child)
+                    finally:
+                        self.on_move()
                     return True
         return False
 
