@@ -14,7 +14,19 @@ DEBS   := fuse3 libfuse3-dev pkg-config gcc bindfs bubblewrap iproute2 procps st
 
 all: test
 
-deps: $(VENV)/.installed
+# The library that lets PeaFS ask the kernel to cache symlinks (see
+# peafs/fuse_cache_symlinks.c), built into the venv: peafs/fusecaps.py
+# loads it from <sys.prefix>/lib/peapod. --no-as-needed: it calls libfuse
+# only through dlvsym, yet must bring libfuse3 into the global scope.
+SHIM := $(VENV)/lib/peapod/fuse_cache_symlinks.so
+
+deps: $(VENV)/.installed $(SHIM)
+
+$(SHIM): peafs/fuse_cache_symlinks.c peafs/fuse_cache_symlinks.map $(VENV)/.installed
+	@mkdir -p $(@D)
+	gcc -shared -fPIC -O2 -Wall -Wextra -Werror $$(pkg-config --cflags fuse3) \
+	  -Wl,--version-script=peafs/fuse_cache_symlinks.map -o $@ peafs/fuse_cache_symlinks.c \
+	  -Wl,--no-as-needed $$(pkg-config --libs fuse3) -ldl
 
 # Install missing Debian packages only (apt-get update once, only when needed).
 .debs-installed:

@@ -30,7 +30,7 @@ import trio
 
 from kernel import libc
 
-from . import cgroup, execwatch, mountinfo
+from . import cgroup, execwatch, fusecaps, mountinfo
 from .audit import AuditLog
 from .budget import OpenBudget
 from .enforce import Enforcer
@@ -112,7 +112,9 @@ class PeaFSSession:
             self.ops = PeaFS(root_fd, self.policy, ids, enforcer, links,
                              fd_cache=fd_cache,
                              budget=OpenBudget(for_peas, self.policy.peas))
+            fusecaps.load()
             pyfuse3.init(self.ops, str(self.mountpoint), mount_options(self.policy.name))
+            fusecaps.check_wrapped()
         except BaseException:
             os.close(root_fd)
             raise

@@ -1,0 +1,72 @@
+/*
+ * Ask the kernel to cache symlink bodies (FUSE_CAP_CACHE_SYMLINKS) for
+ * PeaFS, which pyfuse3 3.5 never asks for.
+ *
+ * Why: without it the kernel sends FUSE_READLINK every time a path walk
+ * crosses a symlink. A usr-merged pod root has /lib -> usr/lib, so one exec
+ * of a dynamic program made 22 readlinks of /lib (the loader's library
+ * search) and 3 more of /bin, /lib64 and the loader's own link: 25 round
+ * trips to the daemon out of ~30 per exec (strace of the daemon, 200 execs
+ * of /bin/true).
+ *
+ * Why it is safe: PeaFS answers readlink the same for every caller (the
+ * only check is that the caller is in a pea of the pod at all); a symlink's
+ * body never changes (a new body is a new inode); and PeaFS never gives a
+ * node id to a second object (peafs/inodes.py: node ids only grow, a reused
+ * inode number with another file handle gets a new node). So a cached body
+ * is what the daemon would answer, to any pod process.
+ *
+ * How: this library is loaded with RTLD_GLOBAL before pyfuse3 calls
+ * fuse_session_new (peafs/fusecaps.py), so the dynamic linker binds
+ * pyfuse3's call to the fuse_session_new below. It wraps the init operation
+ * of the table pyfuse3 passes, then calls libfuse's own. After pyfuse3's
+ * init has set its flags, the wrapper adds FUSE_CAP_CACHE_SYMLINKS when the
+ * kernel offers it, and records that it did (peapod_cache_symlinks, read by
+ * peafs/fusecaps.py to check that the wrapper was used).
+ */
+#define _GNU_SOURCE
+#define FUSE_USE_VERSION 34
+#include <dlfcn.h>
+#include <string.h>
+#include <fuse_lowlevel.h>
+
+/* 1 once an init asked for the cache, -1 if the kernel did not offer it. */
+int peapod_cache_symlinks = 0;
+/* How many sessions were made through the wrapper (fusecaps.check_wrapped). */
+int peapod_sessions_wrapped = 0;
+
+static struct fuse_lowlevel_ops wrapped_ops;
+static void (*pyfuse3_init)(void *userdata, struct fuse_conn_info *conn);
+
+static void init_with_symlink_cache(void *userdata, struct fuse_conn_info *conn)
+{
+    if (pyfuse3_init)
+        pyfuse3_init(userdata, conn);
+    if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) {
+        conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+        peapod_cache_symlinks = 1;
+    } else {
+        peapod_cache_symlinks = -1;
+    }
+}
+
+typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
+                                               const struct fuse_lowlevel_ops *,
+                                               size_t, void *);
+
+struct fuse_session *fuse_session_new(struct fuse_args *args,
+                                      const struct fuse_lowlevel_ops *op,
+                                      size_t op_size, void *userdata)
+{
+    session_new_fn libfuse_session_new =
+        (session_new_fn)dlvsym(RTLD_NEXT, "fuse_session_new", "FUSE_3.0");
+    if (!libfuse_session_new)
+        return NULL;     /* libfuse's own is missing: pyfuse3 reports the failure */
+    size_t n = op_size < sizeof wrapped_ops ? op_size : sizeof wrapped_ops;
+    memset(&wrapped_ops, 0, sizeof wrapped_ops);
+    memcpy(&wrapped_ops, op, n);
+    pyfuse3_init = wrapped_ops.init;
+    wrapped_ops.init = init_with_symlink_cache;
+    peapod_sessions_wrapped++;
+    return libfuse_session_new(args, &wrapped_ops, n, userdata);
+}

@@ -1,0 +1,84 @@
+"""The FUSE capabilities PeaFS asks for beyond pyfuse3's: the symlink cache.
+
+pyfuse3 3.5 negotiates its own list of capabilities with the kernel and
+offers no way to add one. PeaFS needs one more, FUSE_CAP_CACHE_SYMLINKS:
+without it every path walk through a symlink is a round trip to the daemon,
+and a usr-merged pod root (/lib -> usr/lib) made 25 of the ~30 requests of
+each exec of a dynamic program. Why caching a symlink body is safe for
+PeaFS, and how the capability is added, is in fuse_cache_symlinks.c, a
+small library that `make deps` builds into the venv
+(``<sys.prefix>/lib/peapod/``).
+
+``preload()`` runs when the peafs package is imported, before pyfuse3 is:
+the library is loaded with RTLD_GLOBAL so that pyfuse3's reference to
+fuse_session_new binds to the wrapper (CPython loads extensions with
+RTLD_NOW: the binding is made at pyfuse3's import). It links libfuse3,
+which so joins the global scope after it, where the wrapper finds the real
+function (dlvsym RTLD_NEXT). ``load()`` raises what ``preload()`` kept
+quiet; session.py calls it before ``pyfuse3.init`` and ``check_wrapped()``
+after, so a mount without the cache fails with the reason.
+``symlinks_cached()`` tells, once the kernel's INIT has been answered,
+whether the kernel took the capability.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+
+LIBRARY = Path(sys.prefix) / "lib" / "peapod" / "fuse_cache_symlinks.so"
+
+_lib: ctypes.CDLL | None = None
+
+
+class FuseCapsError(RuntimeError):
+    """The library that adds PeaFS's FUSE capabilities is missing or unused."""
+
+
+_error: str | None = None
+
+
+def preload() -> None:
+    """Load the library if it is there; remember why not otherwise."""
+    global _lib, _error
+    if _lib is not None:
+        return
+    if not LIBRARY.exists():
+        _error = (f"{LIBRARY} is missing: PeaFS needs it to ask the kernel to cache "
+                  "symlinks (FUSE_CAP_CACHE_SYMLINKS); build it with `make deps` in the checkout")
+        return
+    try:
+        _lib = ctypes.CDLL(str(LIBRARY), mode=os.RTLD_NOW | os.RTLD_GLOBAL)
+    except OSError as e:
+        _error = f"cannot load {LIBRARY}: {e}; rebuild it with `make deps`"
+
+
+def load() -> None:
+    """Raise unless the library is loaded."""
+    preload()
+    if _lib is None:
+        raise FuseCapsError(_error)
+
+
+def _flag(name: str) -> int:
+    if _lib is None:
+        return 0
+    return ctypes.c_int.in_dll(_lib, name).value
+
+
+def check_wrapped() -> None:
+    """Raise unless pyfuse3's session was made through the wrapper (it was
+    not if pyfuse3 had bound fuse_session_new before ``load``)."""
+    if _flag("peapod_sessions_wrapped") < 1:
+        raise FuseCapsError(
+            f"pyfuse3 did not call fuse_session_new through {LIBRARY.name}: pyfuse3 "
+            "was imported before the peafs package (import peafs first)")
+
+
+def symlinks_cached() -> bool | None:
+    """True if the kernel agreed to cache symlinks, False if it does not
+    offer it, None before the kernel's INIT was answered."""
+    v = _flag("peapod_cache_symlinks")
+    return None if v == 0 else v > 0

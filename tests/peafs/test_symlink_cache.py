@@ -1,0 +1,133 @@
+"""The kernel caches symlink bodies for PeaFS (peafs/fuse_cache_symlinks.c).
+
+Without the cache every path walk through a symlink was a FUSE_READLINK
+round trip (25 of ~30 requests per exec in a usr-merged root). The daemon's
+own readlinkat calls are counted with strace; a replaced symlink must show
+its new body at once (a new body is a new inode, never a reused node id).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers_peafs import run_snippet
+
+POLICY = '''
+[pea.a.files]
+"/" = "rwx"
+'''
+
+READS = 50
+
+
+def _traced(pid: int) -> bool:
+    """Whether strace has attached to every thread of ``pid``."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue
+        if "\nTracerPid:\t0\n" in status:
+            return False
+    return True
+
+
+def _daemon_readlinks(m, body: str, tmp_path) -> tuple[int, object]:
+    """Run ``body`` in pea a with the daemon under strace; return how many
+    readlinkat calls the daemon made, and what the snippet answered."""
+    out = tmp_path / "strace.out"
+    pid = m.daemon_pid()
+    assert pid, "no daemon pid"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=readlinkat",
+                               "-o", str(out), "-p", str(pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not _traced(pid):
+            assert tracer.poll() is None, tracer.stderr.read().decode()
+            assert time.monotonic() < deadline, "strace did not attach"
+            time.sleep(0.05)
+        answer = run_snippet(m, "a", body)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        try:
+            tracer.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait()
+    calls = [line for line in out.read_text().splitlines() if "readlinkat(" in line]
+    return len(calls), answer
+
+
+def test_a_symlink_body_is_read_from_the_daemon_once(peafs_mount, tmp_path):
+    m = peafs_mount(POLICY)
+    os.symlink("target-of-the-link", m.root / "link")
+    calls, answer = _daemon_readlinks(m, f'''
+out = [os.readlink("link") for _ in range({READS})]
+''', tmp_path)
+    assert answer == ["target-of-the-link"] * READS
+    assert calls == 1
+
+
+def test_a_path_walk_through_a_symlink_reads_it_once(peafs_mount, tmp_path):
+    # The usr-merge case: /lib -> usr/lib, crossed by every library search.
+    m = peafs_mount(POLICY)
+    (m.root / "usr" / "lib").mkdir(parents=True)
+    (m.root / "usr" / "lib" / "f").write_text("through the link")
+    os.symlink("usr/lib", m.root / "lib")
+    calls, answer = _daemon_readlinks(m, f'''
+out = [os.path.exists("lib/f") for _ in range({READS})]
+''', tmp_path)
+    assert answer == [True] * READS
+    assert calls == 1
+
+
+@pytest.mark.parametrize("how", ["rename-over", "unlink-then-create"])
+def test_a_replaced_symlink_shows_its_new_body(peafs_mount, how):
+    # unlink-then-create: the file system may give the new symlink the old
+    # one's inode number; PeaFS gives it a new node (a new file handle), so
+    # the kernel cannot serve the old body for it.
+    m = peafs_mount(POLICY)
+    os.symlink("first", m.root / "link")
+    replace = ('os.symlink("second", "tmp-link"); os.rename("tmp-link", "link")'
+               if how == "rename-over" else 'os.unlink("link"); os.symlink("second", "link")')
+    out = run_snippet(m, "a", f'''
+before = os.readlink("link")
+{replace}
+out = [before, os.readlink("link"), os.readlink("link")]
+''')
+    assert out == ["first", "second", "second"]
+
+
+def test_a_missing_library_is_named_when_mounting(tmp_path):
+    # In a fresh interpreter: this one has loaded the real library already.
+    code = f'''
+import sys
+from pathlib import Path
+import peafs.fusecaps as caps
+caps.LIBRARY = Path({str(tmp_path / "absent.so")!r})
+caps._lib = None
+caps.preload()
+try:
+    caps.load()
+except caps.FuseCapsError as e:
+    print(e)
+    sys.exit(3)
+'''
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 3, proc.stderr
+    assert "absent.so is missing" in proc.stdout
+    assert "FUSE_CAP_CACHE_SYMLINKS" in proc.stdout and "make deps" in proc.stdout
