@@ -41,10 +41,14 @@ $(SHIM): peafs/fuse_cache_symlinks.c peafs/fuse_cache_symlinks.map $(VENV)/.inst
 	fi
 	@touch $@
 
+# editable_mode=compat: a .pth line that puts the checkout on sys.path. The
+# default (an import hook that maps each package) cost 12-30 ms of every
+# Python start-up here (python -X importtime: site), which every `pod`
+# command and every process the daemon starts in Python pays.
 $(VENV)/.installed: .debs-installed pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	@touch $@
 
 venv: deps
