@@ -53,9 +53,9 @@ def cmd_mount(args) -> int:
         raise Fail(f"root {root} is not a directory", 2)
     if not mp.is_dir():
         raise Fail(f"mount point {mp} is not a directory", 2)
-    state_dir = runtime.pod_dir(policy.name)
+    state_dir = runtime.pod_dir(args.run, policy.name)
     state_dir.mkdir(parents=True, exist_ok=True)
-    old = runtime.find_state(mp)
+    old = runtime.find_state(args.run, mp)
     if old is not None and runtime.daemon_alive(old[1].get("pid", -1)):
         raise Fail(f"{mp} is already a peafs mount (pod {old[1]['pod']})")
     mine = state_dir / runtime.MOUNT_FILE
@@ -161,7 +161,7 @@ def _serve(policy, root, mp, state_dir, state, ready_fd) -> int:
 
 def cmd_run(args) -> int:
     from . import cgroup
-    found = runtime.find_state(args.mountpoint)
+    found = runtime.find_state(args.run, args.mountpoint)
     if found is None:
         raise Fail(f"no peafs mount at {args.mountpoint}")
     _state_dir, state = found
@@ -241,7 +241,7 @@ def _exit_code(status: int) -> int:
 
 def cmd_umount(args) -> int:
     from . import cgroup
-    found = runtime.find_state(args.mountpoint)
+    found = runtime.find_state(args.run, args.mountpoint)
     mounted = runtime.is_mounted(args.mountpoint)
     if found is None and not mounted:
         raise Fail(f"no peafs mount at {args.mountpoint}")
@@ -281,7 +281,7 @@ def cmd_umount(args) -> int:
 # -- audit ---------------------------------------------------------------------------
 
 def cmd_audit(args) -> int:
-    found = runtime.find_state(args.mountpoint)
+    found = runtime.find_state(args.run, args.mountpoint)
     if found is None:
         raise Fail(f"no peafs mount at {args.mountpoint}")
     print_log(found[0] / AUDIT_NAME, args.follow)
@@ -355,6 +355,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if cmd is not None:
         args.cmd = cmd
+    args.run = runtime.run_dir_from(os.environ)   # the one read of $PEAPOD_RUN
     try:
         return args.func(args)
     except Fail as e:

@@ -1,5 +1,9 @@
 """Runtime state of standalone mounts: $PEAPOD_RUN/peafs/POD/.
 
+The run directory ($PEAPOD_RUN) is read once, by the command's entry
+(peafs/cli.py main, with ``run_dir_from``), and passed to every function
+here: none reads the environment.
+
     mount.json   the live mount: pod, mountpoint, root, policy, daemon pid,
                  id maps and pea names (what `peafs run` needs, so it never
                  parses the policy again)
@@ -22,12 +26,21 @@ from . import mountinfo
 MOUNT_FILE = "mount.json"
 
 
-def run_dir() -> Path:
-    return Path(os.environ.get("PEAPOD_RUN", "/run/peapod")) / "peafs"
+DEFAULT_RUN = Path("/run/peapod")
 
 
-def pod_dir(pod: str) -> Path:
-    return run_dir() / pod
+def run_dir_from(environ) -> Path:
+    """$PEAPOD_RUN (default /run/peapod): for a command's entry only."""
+    return Path(environ.get("PEAPOD_RUN") or DEFAULT_RUN)
+
+
+def mounts_dir(run: Path) -> Path:
+    """Where the standalone mounts of run directory ``run`` keep their state."""
+    return Path(run) / "peafs"
+
+
+def pod_dir(run: Path, pod: str) -> Path:
+    return mounts_dir(run) / pod
 
 
 def canonical(path) -> str:
@@ -44,9 +57,9 @@ def write_state(state_dir: Path, data: dict) -> None:
     os.replace(tmp, state_dir / MOUNT_FILE)
 
 
-def find_state(mountpoint) -> tuple[Path, dict] | None:
+def find_state(run: Path, mountpoint) -> tuple[Path, dict] | None:
     want = canonical(mountpoint)
-    base = run_dir()
+    base = mounts_dir(run)
     if not base.is_dir():
         return None
     for d in sorted(base.iterdir()):

@@ -13,7 +13,10 @@ gets here, before and around its function:
   NO_ROOT_NEEDED (a new command needs root unless it is listed there);
 - a closed standard output (``pod list | head -1``): one line, exit 2;
 - any other OSError that escapes a command: one line naming the command and
-  the error, exit 1.
+  the error, exit 1;
+- ``args.run``: the run directory (pods/runtime.py RunDir), from $PEAPOD_RUN
+  (default /run/peapod), read here and nowhere else: every command and
+  library call below takes it from ``args.run`` or as an argument.
 
 Exit statuses: 0 success; 1 an operation failed; 2 refused (usage, bad
 name, not root, pod not running, output closed); 130 interrupted. `pod exec`
@@ -28,7 +31,7 @@ import select
 import sys
 
 from kernel import names
-from pods import lifecycle_cmd, rules_cmd, service_cmd
+from pods import lifecycle_cmd, rules_cmd, runtime, service_cmd
 from pods.lifecycle_cmd import one_line, shown
 
 EXIT_FAILED = 1
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if tail is not None:
         args.cmd = tail
+    args.run = runtime.run_dir_from(os.environ)   # the one read of $PEAPOD_RUN
     command = args.command
     name = getattr(args, "name", None)
     if name is not None and not names.NAME_RE.match(name):

@@ -18,13 +18,24 @@ pod's daemon) and between the daemon and each tagger (a socketpair).
 tagger -> daemon: {"listener": true} + fd (seccomp listener; daemon answers {"ok": true}),
     {"started": ...}, {"exit": ...} or {"error": ..., "status": n}
 daemon -> tagger: {"signal": n}, {"winsize": [rows, cols]}
+
+The start-up handshakes (pods/startup.py: daemon and keeper, keeper's pid 1,
+the tagger's monitor and child) use the same framing over socketpairs:
+    {"step": NAME, ...}                        step NAME is done (and its results)
+    {"error": TEXT, "step": NAME, "errno": N}  step NAME failed (errno 0: not a
+                                               system call); the sender stops
+and the daemon's ready pipe to `pod start` the same objects, one per line
+(a pipe has no datagrams): ``write_line`` / ``read_line``.
 """
 
 from __future__ import annotations
 
 import array
 import json
+import os
+import select
 import socket
+import time
 
 MAX_MSG = 1 << 20
 MAX_FDS = 8
@@ -34,13 +45,30 @@ def _anc(fds) -> list:
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
 
 
-def _decode(data: bytes, anc) -> tuple[dict | None, list[int]]:
+class ProtocolError(Exception):
+    """A start-up handshake went wrong: the peer failed at ``step`` (its
+    ``errno``, 0 if no system call failed), died, or said something else
+    than the step expected. ``str()`` is one line: "STEP: what happened"."""
+
+    def __init__(self, step: str, message: str, errno: int = 0):
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.message = message
+        self.errno = errno
+
+
+def _fds_of(anc) -> list[int]:
     fds: list[int] = []
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             a = array.array("i")
             a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
             fds += list(a)
+    return fds
+
+
+def _decode(data: bytes, anc) -> tuple[dict | None, list[int]]:
+    fds = _fds_of(anc)
     if not data:
         return None, fds
     try:
@@ -67,3 +95,92 @@ async def asend_msg(sock, obj: dict, fds=()) -> None:
 async def arecv_msg(sock) -> tuple[dict | None, list[int]]:
     data, anc, _, _ = await sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * 4))
     return _decode(data, anc)
+
+
+# ------------------------------------------------------- start-up handshakes
+
+def step_msg(step: str, **results) -> dict:
+    return {"step": step, **results}
+
+
+def error_msg(step: str, e: BaseException) -> dict:
+    """The message of a failed step: the system's words and errno for an
+    OSError (not Python's "[Errno 13] ...: b'/x'"), else the exception's text."""
+    if isinstance(e, OSError) and e.errno:
+        return {"error": e.strerror or str(e), "step": step, "errno": e.errno}
+    return {"error": str(e) or type(e).__name__, "step": step, "errno": 0}
+
+
+def _shown(data: bytes) -> str:
+    text = repr(data[:80])
+    return text + ("..." if len(data) > 80 else "")
+
+
+def parse_step(data: bytes, fds: list[int], step: str, gone: str = "") -> tuple[dict, list[int]]:
+    """The peer's message at ``step``, checked: {"step": step, ...} returns
+    (message, fds); anything else closes the fds and raises ProtocolError
+    naming the step: end of stream (``gone`` says why, e.g. the peer's exit
+    status), bytes that are not a JSON object, an error the peer reported
+    (its step and errno), another step."""
+    def fail(where: str, message: str, err: int = 0):
+        for fd in fds:
+            os.close(fd)
+        raise ProtocolError(where, message, err)
+
+    if not data:
+        fail(step, f"ended before this step{': ' + gone if gone else ''}")
+    try:
+        msg = json.loads(data)
+    except ValueError:
+        msg = None
+    if not isinstance(msg, dict):
+        fail(step, f"not a message of the handshake: {_shown(data)}")
+    if "error" in msg:
+        where = msg.get("step") if isinstance(msg.get("step"), str) else step
+        err = msg.get("errno") if isinstance(msg.get("errno"), int) else 0
+        fail(where, str(msg["error"]), err)
+    if msg.get("step") != step:
+        fail(step, f"unexpected message {_shown(data)}")
+    return msg, fds
+
+
+def recv_step(sock: socket.socket, step: str, gone=lambda: "") -> tuple[dict, list[int]]:
+    """Receive and check the message of ``step`` (parse_step); ``gone()``
+    explains an end of stream."""
+    data, anc, _, _ = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * 4))
+    fds = _fds_of(anc)
+    return parse_step(data, fds, step, gone() if not data else "")
+
+
+async def arecv_step(sock, step: str, gone=lambda: "") -> tuple[dict, list[int]]:
+    data, anc, _, _ = await sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * 4))
+    fds = _fds_of(anc)
+    return parse_step(data, fds, step, gone() if not data else "")
+
+
+def write_line(fd: int, obj: dict) -> None:
+    """One message on a pipe: a JSON object and a newline (JSON escapes
+    every newline inside it), in one write."""
+    os.write(fd, json.dumps(obj).encode() + b"\n")
+
+
+def read_line(fd: int, timeout: float | None = None) -> tuple[dict | None, bytes]:
+    """The first message on a pipe: (the object, or None if the pipe ended,
+    the time ran out or the line is not a JSON object; the raw bytes read)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    buf = b""
+    while b"\n" not in buf:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    line = buf.split(b"\n", 1)[0]
+    try:
+        msg = json.loads(line) if b"\n" in buf else None
+    except ValueError:
+        msg = None
+    return (msg if isinstance(msg, dict) else None), buf

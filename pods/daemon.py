@@ -1,7 +1,8 @@
 """The per-pod daemon: owns one pod from `pod start` to `pod stop`.
 
-``python -m pods.daemon --policy FILE --ready-fd N --lock-fd N`` is started by
-`pod start` (pods/lifecycle_cmd.py) in a new session. It holds the pod's
+``pods.daemon --policy FILE --run-dir DIR --ready-fd N --lock-fd N`` is
+started by `pod start` (pods/lifecycle_cmd.py, with
+startup.python_command) in a new session. It holds the pod's
 lock for its whole life (liveness = the flock, see pods/runtime.py) and:
 
 1. enters its own mount namespace (slave of the host's: host unmounts reach
@@ -9,15 +10,16 @@ lock for its whole life (liveness = the flock, see pods/runtime.py) and:
 2. creates the pea cgroups and the limit cgroups (pods/limits.py);
 3. binds the policy's host directories into the staging tree (read-only
    unless rw) and mounts PeaFS on $PEAPOD_RUN/pods/NAME/mnt;
-4. starts the pod (pods/init.py): answers the keeper's handshake by writing
-   the id maps (only host root may map ranges), moving it into the default
-   pea and adding the veth; keeps a pidfd of the pod's pid 1;
+4. starts the pod: answers the keeper's handshake by writing the id maps
+   (only host root may map ranges), moving it into the default pea and
+   adding the veth; keeps a pidfd of the pod's pid 1;
+   (steps 1-4 are written, in order with the keeper's, in pods/startup.py)
 5. serves, in one trio nursery: PeaFS, the seccomp-notify supervisor
    (pods/supervisor.py, when present) and the control socket
    (pods/control.py); each `pod exec` spawns a tagger (pods/tagger.py);
 6. starts the policy's services (pods/services.py) through the tagger and
-   tells `pod start` "ok" through the ready pipe once they run (or the
-   error that stopped one);
+   tells `pod start` {"ok": true} through the ready pipe once they run (or
+   {"error": ...}, what stopped one: control.write_line);
 7. when pid 1 ends or `pod stop` asks: TERM to pid 1 (which forwards it to
    every pod process), SIGKILL through cgroup.kill after the timeout, then
    unmounts, removes cgroups, the veth and every runtime file, and exits.
@@ -50,34 +52,17 @@ from pathlib import Path
 import trio
 
 import rules
-from kernel import idmap, libc, procfs
+from kernel import idmap
 from peafs import cgroup
 from peafs.execwatch import process_exited
-from pods import control, limits, netbpf, netns, podusers, rootfs, runtime, services
+from pods import control, limits, netbpf, netns, podusers, runtime, services, startup
 from pods import namespaces as ns
+# The order of the privileged steps, the keeper's handshake and how Python
+# children are started: pods/startup.py.
+from pods.startup import StartError, child_env, python_command
 
 # No fallback: a pod never runs without its supervisor (fail closed).
 from pods.supervisor import Supervisor
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-# How the daemon starts its Python children (pods.init, pods.tagger): they
-# import only this package and the standard library, found through
-# child_env()'s PYTHONPATH, so -S skips site's work (~20 ms of every `pod
-# exec`, most of it the editable install's import hook).
-CHILD_PYTHON = [sys.executable, "-S"]
-
-
-def child_env() -> dict:
-    """Environment of our Python children: nothing of the caller's but what
-    the interpreter needs to find this package."""
-    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO),
-            "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-class StartError(Exception):
-    """A failure to start the pod, reported to `pod start` as one line."""
 
 
 async def spawn(cmd, **kw) -> subprocess.Popen:
@@ -88,10 +73,11 @@ async def spawn(cmd, **kw) -> subprocess.Popen:
 
 
 class PodDaemon:
-    def __init__(self, policy, *, stop_timeout: float = 5.0):
+    def __init__(self, policy, run: runtime.RunDir, *, stop_timeout: float = 5.0):
         self.policy = policy
         self.name = policy.name
-        self.dir = runtime.pod_dir(self.name)
+        self.run = run                       # $PEAPOD_RUN, given as --run-dir
+        self.dir = run.pod_dir(self.name)
         self.mnt = self.dir / "mnt"
         self.stop_timeout = stop_timeout
         self.session = None  # PeaFSSession
@@ -115,125 +101,11 @@ class PodDaemon:
         self.services: services.ServiceManager | None = None
         self.service_log: services.ServiceLog | None = None
 
-    # ---------------------------------------------------------- setup (sync)
-
-    def _needed_paths(self) -> list[str]:
-        """Host paths the daemon, PeaFS, the keeper and the taggers use."""
-        py = [sys.prefix, sys.base_prefix, sys.exec_prefix,
-              os.path.dirname(os.path.realpath(sys.executable))]
-        root = self.policy.root
-        return [*py, str(REPO), "/usr", "/etc", "/proc", "/sys", "/dev",
-                str(runtime.run_dir()), str(root), str(runtime.lasting_dir(root)),
-                *(str(m.host) for m in self.policy.mounts)]
-
-    def setup_host(self) -> None:
-        """Steps 1-3, before trio starts (unshare needs a single thread)."""
-        libc.unshare(libc.CLONE_NEWNS)
-        ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
-        # Keep only the mounts the daemon and its children use: the others
-        # would be pinned by this copy of the host's namespace until the pod
-        # stops (a host umount of them would leave them busy).
-        rootfs.detach_unneeded(self._needed_paths())
-        try:
-            cgroup.ensure_peas(self.name, self.policy.peas)
-            limits.setup(self.name, self.policy.limits.memory, self.policy.limits.pids)
-        except (cgroup.CgroupError, limits.LimitError, OSError) as e:
-            raise StartError(f"cgroups: {getattr(e, 'strerror', None) or e}") from e
-        v1 = [str(d / "cgroup.procs") for d in limits.v1_dirs(self.name)]
-        for pea in self.policy.peas:
-            self.cgroup_files[pea] = [str(cgroup.pea_cgroup(self.name, pea) / "cgroup.procs"), *v1]
-        self.cgroup_files[""] = [str(cgroup.pod_cgroup(self.name) / "cgroup.procs"), *v1]
-        try:
-            rootfs.prepare_staging(self.policy.root, self.policy.mounts)
-            rootfs.place_host_mounts(self.policy.root, self.policy.mounts)
-        except OSError as e:
-            raise StartError(f"staging directory {self.policy.root}: {e.strerror or e}") from e
-        self.mnt.mkdir(mode=0o700, exist_ok=True)
-        # Link rules, the audit log and the services' log outlive the pod
-        # (pods/runtime.py).
-        lasting = runtime.lasting_dir(self.policy.root)
-        try:
-            lasting.mkdir(mode=0o700, exist_ok=True)
-            self.service_log = services.ServiceLog(runtime.service_log(lasting))
-        except OSError as e:
-            raise StartError(f"state directory {lasting}: {e.strerror or e}") from e
-        from peafs.session import PeaFSSession
-
-        self.session = PeaFSSession(self.policy.root, self.mnt, self.policy, lasting)
-        try:
-            self.session.mount()
-        except Exception as e:  # noqa: BLE001 - reported as a start failure
-            raise StartError(f"PeaFS mount on {self.mnt}: "
-                             f"{getattr(e, 'strerror', None) or e}") from e
-
-    # --------------------------------------------------------- the pod (async)
-
-    async def start_pod(self) -> None:
-        """Step 4: the keeper handshake (see pods/init.py)."""
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pts_gid = 5 if idmap.is_mapped(self.policy.gid_map, 5) else -1
-        root_uid = 0 if idmap.is_mapped(self.policy.uid_map, 0) else self.policy.uid_map[0].inside
-        root_gid = 0 if idmap.is_mapped(self.policy.gid_map, 0) else self.policy.gid_map[0].inside
-        cmd = [*CHILD_PYTHON, "-m", "pods.init", "--sync", str(theirs.fileno()),
-               "--daemon-pid", str(os.getpid()), "--root", str(self.mnt),
-               "--hostname", self.policy.hostname, "--pts-gid", str(pts_gid),
-               "--root-uid", str(root_uid), "--root-gid", str(root_gid)]
-        for f in self.cgroup_files[""]:
-            cmd += ["--cgroup", f]
-        # From this thread, not a worker's: see the module docstring.
-        self.keeper = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=child_env(),
-                                       stdin=subprocess.DEVNULL, cwd="/")
-        theirs.close()
-        sock = trio.socket.from_stdlib_socket(mine)
-        with trio.fail_after(30):
-            msg = await self._expect(sock)
-            if msg != "unshared":
-                raise StartError(f"pod setup: {msg}")
-            pid = self.keeper.pid
-            try:
-                # Only a process with CAP_SETUID/CAP_SETGID over the parent
-                # namespace may map ranges of ids: that is us, not the pod.
-                Path(f"/proc/{pid}/uid_map").write_text(idmap.lines(self.policy.uid_map))
-                Path(f"/proc/{pid}/gid_map").write_text(idmap.lines(self.policy.gid_map))
-            except OSError as e:
-                raise StartError(f"writing the id maps: {e.strerror}") from e
-            # The keeper unshared its cgroup namespace at the pod's cgroup;
-            # now it (and pid 1 after it) belongs to the default pea.
-            cgroup.join(pid, self.name, self.policy.default_pea)
-            if self.policy.net is not None:
-                try:
-                    # ip(8) in a thread: PeaFS and the supervisor keep their loops.
-                    self.veth = await trio.to_thread.run_sync(
-                        netns.add_veth, self.name, pid, self.policy.net)
-                except OSError as e:
-                    raise StartError(f"network: {e.strerror or e}") from e
-            # The peas' network rules, in the kernel, before any pod program runs.
-            try:
-                await trio.to_thread.run_sync(self._attach_net_rules)
-            except OSError as e:
-                raise StartError(f"network rules (cgroup socket-address BPF): "
-                                 f"{e.strerror or e}") from e
-            await sock.send(b"go")
-            got_init = got_ready = False
-            while not (got_init and got_ready):
-                msg = await self._expect(sock)
-                if msg.startswith("init "):
-                    self.init_pid = int(msg.split()[1])
-                    self.init_pidfd = os.pidfd_open(self.init_pid)
-                    got_init = True
-                elif msg == "ready":
-                    got_ready = True
-                else:
-                    raise StartError(f"pod setup: {msg}")
-        sock.close()
-        # pid reuse guard: the pidfd must name pid 1 of the keeper's pid namespace.
-        if procfs.vpid(self.init_pid) != 1 or procfs.ppid(self.init_pid) != pid:
-            raise StartError("pod setup: pid 1 vanished")
-
-    def _attach_net_rules(self) -> None:
+    def attach_net_rules(self) -> None:
         """Each pea's bind/connect rules, and the host's addresses refused
         unless [pod.net] host = true, as BPF programs on its cgroup
-        (pods/netbpf.py); refusals queue up in self.net_queue."""
+        (pods/netbpf.py); refusals queue up in self.net_queue. Step A4d of
+        pods/startup.py."""
         net = self.policy.net
         hosts = netns.host_addresses() if net is not None and not net.host else []
         self.net_queue = netbpf.create_queue()
@@ -280,14 +152,6 @@ class PodDaemon:
         finally:
             self._log_net_refusals()
 
-    async def _expect(self, sock) -> str:
-        data = await sock.recv(4096)
-        if not data:
-            code = self.keeper.poll() if self.keeper else None
-            raise StartError(f"pod setup: the pod's first process exited (status {code}); "
-                             f"see {self.dir / 'daemon.log'}")
-        return data.decode(errors="replace").strip()
-
     # ------------------------------------------------------------------ exec
 
     def check_exec(self, pea: str | None, uid: int | None,
@@ -312,8 +176,8 @@ class PodDaemon:
         with mine:
             try:
                 proc = subprocess.Popen(
-                    [*CHILD_PYTHON, "-m", "pods.peaipc", "--sock", str(theirs.fileno()),
-                     "--pidfd", str(self.init_pidfd)],
+                    python_command("pods.peaipc", "--sock", str(theirs.fileno()),
+                                   "--pidfd", str(self.init_pidfd)),
                     pass_fds=[theirs.fileno(), self.init_pidfd], env=child_env(),
                     stdin=subprocess.DEVNULL, cwd="/")
             finally:
@@ -349,9 +213,8 @@ class PodDaemon:
         except OSError as e:
             return {"error": f"pea {pea}: {e.strerror or e}", "status": 126}
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cmd = [*CHILD_PYTHON, "-m", "pods.tagger", "--pidfd", str(self.init_pidfd),
-               "--ctl", str(theirs.fileno()), "--uid", str(uid), "--gid", str(gid),
-               "--ipcns", str(ipc)]
+        cmd = ["--pidfd", str(self.init_pidfd), "--ctl", str(theirs.fileno()),
+               "--uid", str(uid), "--gid", str(gid), "--ipcns", str(ipc)]
         for f in self.cgroup_files[pea]:
             cmd += ["--cgroup", f]
         if self.supervisor is not None:
@@ -362,7 +225,7 @@ class PodDaemon:
                     "--term", str(term or "")]
         cmd += ["--", *argv]
         try:
-            proc = await spawn(cmd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+            proc = await spawn(python_command("pods.tagger", *cmd), stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
                                pass_fds=[self.init_pidfd, theirs.fileno(), ipc],
                                env=child_env(), cwd="/")
         finally:
@@ -523,7 +386,7 @@ class PodDaemon:
             self.supervisor.pea_index = {p: i for i, p in enumerate(self.pea_order)
                                          if p in new.peas}
         self.state["peas"] = list(new.peas)
-        runtime.write_state(self.name, self.state)
+        self.run.write_state(self.name, self.state)
         changed = [p for p in new.peas if p in old.peas and
                    (new.peas[p].complain, new.peas[p].connect, new.peas[p].bind)
                    != (old.peas[p].complain, old.peas[p].connect, old.peas[p].bind)]
@@ -621,7 +484,7 @@ class PodDaemon:
                         except trio.RunFinishedError:
                             pass
                     self.session.serve_in_thread(fs_ended)
-                await self.start_pod()
+                await startup.start_pod(self)     # steps A2-A7
                 self.supervisor = Supervisor(
                     self.name, self.policy,
                     settle=self.session.settle if self.session else None,
@@ -640,7 +503,7 @@ class PodDaemon:
                 nursery.start_soon(self._accept, listener, nursery)
                 self.state.update(init_pid=self.init_pid, keeper_pid=self.keeper.pid,
                                   veth=self.veth)
-                runtime.write_state(self.name, self.state)
+                self.run.write_state(self.name, self.state)
                 nursery.start_soon(self._watch_init)
                 nursery.start_soon(self._net_audit)
                 nursery.start_soon(self._watch_signals)
@@ -654,12 +517,12 @@ class PodDaemon:
                 if self.stopping:
                     raise StartError("stopped while its services started")
                 self.state["state"] = "running"
-                runtime.write_state(self.name, self.state)
-                _report(ready_fd, "ok")
+                self.run.write_state(self.name, self.state)
+                _report(ready_fd, {"ok": True})
                 ready_fd = -1
                 await self.stop_event.wait()
                 self.state["state"] = "stopping"
-                runtime.write_state(self.name, self.state)
+                self.run.write_state(self.name, self.state)
                 await self.stop_processes()
                 # Let `pod exec` callers hear how their command ended.
                 with trio.move_on_after(2):
@@ -672,7 +535,7 @@ class PodDaemon:
                 msg = str(e) if isinstance(e, StartError) else f"{type(e).__name__}: {e}"
                 if isinstance(e, trio.TooSlowError):
                     msg = "pod setup timed out"
-                _report(ready_fd, f"error {msg}")
+                _report(ready_fd, {"error": msg})
                 ready_fd = -1
             if not isinstance(e, (StartError, trio.TooSlowError, trio.Cancelled)):
                 traceback.print_exception(group)
@@ -751,10 +614,10 @@ class PodDaemon:
             ns.umount2(str(self.mnt), ns.MNT_DETACH)
         except OSError:
             pass
-        cleanup_leftovers(self.name)
+        cleanup_leftovers(self.run, self.name)
 
 
-def cleanup_leftovers(name: str) -> list[str]:
+def cleanup_leftovers(run: runtime.RunDir, name: str) -> list[str]:
     """Remove what a pod of this name may have left (also used by `pod stop`
     and `pod start` for a pod whose daemon died). Returns problems."""
     problems = []
@@ -770,7 +633,7 @@ def cleanup_leftovers(name: str) -> list[str]:
             fn()
         except Exception as e:  # noqa: BLE001
             problems.append(f"{what}: {getattr(e, 'strerror', None) or e}")
-    d = runtime.pod_dir(name)
+    d = run.pod_dir(name)
     mnt = d / "mnt"
     if os.path.ismount(mnt):  # only if someone mounted it in our namespace
         try:
@@ -788,17 +651,20 @@ def _leaf(e: BaseException) -> BaseException:
     return e
 
 
-def _report(fd: int, text: str) -> None:
+def _report(fd: int, msg: dict) -> None:
+    """The one message of the ready pipe to `pod start`."""
     try:
-        os.write(fd, (text.replace("\n", " ") + "\n").encode())
+        control.write_line(fd, msg)
         os.close(fd)
     except OSError:
         pass
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pods.daemon")
+    p = argparse.ArgumentParser(prog="pods.daemon")
     p.add_argument("--policy", required=True)
+    p.add_argument("--run-dir", required=True, help="$PEAPOD_RUN of the `pod start` that "
+                   "started us (the daemon's environment does not carry it)")
     p.add_argument("--ready-fd", type=int, required=True)
     p.add_argument("--lock-fd", type=int, required=True)
     args = p.parse_args(argv)
@@ -807,9 +673,10 @@ def main(argv=None) -> int:
     try:
         policy = rules.load(args.policy)
     except rules.PolicyError as e:
-        _report(args.ready_fd, f"error {e}")
+        _report(args.ready_fd, {"error": str(e)})
         return 2
-    daemon = PodDaemon(policy)
+    run = runtime.RunDir(args.run_dir)
+    daemon = PodDaemon(policy, run)
     daemon.state = {"name": policy.name, "policy": str(Path(args.policy).resolve()),
                     "root": str(policy.root), "daemon_pid": os.getpid(),
                     "uid_map": [list(r) for r in policy.uid_map],
@@ -819,16 +686,16 @@ def main(argv=None) -> int:
                     "started": time.time(), "state": "starting",
                     "net": ({"ip": policy.net.ip, "host_ip": policy.net.host_ip,
                              "prefixlen": policy.net.prefixlen} if policy.net else None)}
-    runtime.write_state(policy.name, daemon.state)
+    run.write_state(policy.name, daemon.state)
     code = 0
     try:
-        daemon.setup_host()
+        startup.host_setup(daemon)           # step A1, before trio
         trio.run(daemon.serve, args.ready_fd)
     except StartError as e:
-        _report(args.ready_fd, f"error {e}")
+        _report(args.ready_fd, {"error": str(e)})
         code = 1
     except BaseException as e:  # noqa: BLE001
-        _report(args.ready_fd, f"error {type(e).__name__}: {e}")
+        _report(args.ready_fd, {"error": f"{type(e).__name__}: {e}"})
         traceback.print_exc()
         code = 1
     finally:

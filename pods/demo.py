@@ -206,12 +206,12 @@ def step_attack(name: str, root: Path) -> None:
     say()
 
 
-def step_stop(name: str) -> None:
+def step_stop(run, name: str) -> None:
     say(f"== 6. Stop the pod: pod stop {name}")
     r = pod_cmd("stop", name, timeout=120)
     if r.returncode != 0:
         raise DemoError(f"pod stop {name} failed: {(r.stderr or r.stdout).strip()}")
-    if runtime.is_alive(name):
+    if run.is_alive(name):
         raise DemoError(f"pod {name} still runs after pod stop")
     listed = pod_cmd("list").stdout.strip().splitlines()[1:]   # without the header
     say(f"  pod {name} stopped; `pod list`: "
@@ -231,6 +231,7 @@ def main() -> int:
     if policy.net is None:
         print(f"demo: {POLICY} has no [pod.net] address to send mail to", file=sys.stderr)
         return 1
+    run = runtime.run_dir_from(os.environ)   # the one read of $PEAPOD_RUN
     ip = policy.net.ip
     tag = f"{random.randrange(16**6):06x}"
     say("Pea-Pod demo: Postfix and procmail in the pod \"mail\", split into two peas\n")
@@ -242,7 +243,7 @@ def main() -> int:
         step_send(ip, tag)
         step_delivered(Path(policy.root), tag)
         step_attack(policy.name, Path(policy.root))
-        step_stop(policy.name)
+        step_stop(run, policy.name)
         started = False
     except DemoError as e:
         print(f"demo: {e}", file=sys.stderr)
@@ -251,7 +252,7 @@ def main() -> int:
         print("demo: interrupted", file=sys.stderr)
         return 130
     finally:
-        if started and runtime.is_alive(policy.name):
+        if started and run.is_alive(policy.name):
             pod_cmd("stop", policy.name, timeout=120)
     say("\nDone. Start it again with examples/mail/setup; see examples/mail/README.md.")
     return 0

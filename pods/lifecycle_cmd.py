@@ -105,7 +105,7 @@ def _gaps_problem(policy) -> str | None:
             f"accept the rest in the policy's [pod] table:\n  accept_gaps = [{names}]")
 
 
-def _start_checks(policy) -> str | None:
+def _start_checks(run, policy) -> str | None:
     problem = _gaps_problem(policy)
     if problem:
         return problem
@@ -118,24 +118,24 @@ def _start_checks(policy) -> str | None:
     problem = _one_name_each(root, policy.mounts)
     if problem:
         return problem
-    if runtime.is_alive(policy.name):
+    if run.is_alive(policy.name):
         return f"pod {policy.name} is already running"
-    problem = _conflicts(policy)
+    problem = _conflicts(run, policy)
     if problem:
         return problem
     mine_u = [list(r) for r in policy.uid_map]
     mine_g = [list(r) for r in policy.gid_map]
-    for other in runtime.pod_names():
-        if other == policy.name or not runtime.is_alive(other):
+    for other in run.pod_names():
+        if other == policy.name or not run.is_alive(other):
             continue
-        st = runtime.read_state(other) or {}
+        st = run.read_state(other) or {}
         if _overlap(mine_u, st.get("uid_map", [])) or _overlap(mine_g, st.get("gid_map", [])):
             return (f"the id ranges of pod {policy.name} overlap those of running pod "
                     f"{other}: pods must not share host ids")
     return None
 
 
-def _conflicts(policy) -> str | None:
+def _conflicts(run, policy) -> str | None:
     """What another running pod, or the host, already holds of this pod's:
     its root (two pods serving one tree would write over each other's files
     and share one audit log) and its addresses (a second veth with the same
@@ -146,10 +146,10 @@ def _conflicts(policy) -> str | None:
 
     root = Path(policy.root).resolve()
     net = ipaddress.ip_interface(policy.net.address).network if policy.net else None
-    for other in runtime.pod_names():
-        if other == policy.name or not runtime.is_alive(other):
+    for other in run.pod_names():
+        if other == policy.name or not run.is_alive(other):
             continue
-        st = runtime.read_state(other) or {}
+        st = run.read_state(other) or {}
         if st.get("root") and Path(st["root"]).resolve() == root:
             return f"root {policy.root} is already served by running pod {other}"
         theirs = st.get("net")
@@ -174,6 +174,7 @@ def _conflicts(policy) -> str | None:
 
 
 def cmd_start(args) -> int:
+    run = args.run
     import rules  # here, not at the top: every other command starts faster
 
     try:
@@ -186,10 +187,10 @@ def cmd_start(args) -> int:
         return EXIT_USAGE
     from pods.daemon import cleanup_leftovers
 
-    base = runtime.run_dir()
+    base = run.path
     (base / "pods").mkdir(parents=True, exist_ok=True)
     os.chmod(base / "pods", 0o700)
-    lock = os.open(base / "start.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = os.open(run.start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -201,13 +202,13 @@ def cmd_start(args) -> int:
                     _err("another `pod start` holds the start lock")
                     return 1
                 time.sleep(0.05)
-        problem = _start_checks(policy)
+        problem = _start_checks(run, policy)
         if problem:
             _err(problem)
             return EXIT_USAGE
-        d = runtime.pod_dir(policy.name)
+        d = run.pod_dir(policy.name)
         if d.exists():  # a dead pod of this name: clear what it left
-            cleanup_leftovers(policy.name)
+            cleanup_leftovers(run, policy.name)
         d.mkdir(mode=0o700)
         return _spawn_daemon(policy, args, d)
     finally:
@@ -215,20 +216,21 @@ def cmd_start(args) -> int:
 
 
 def _spawn_daemon(policy, args, d: Path) -> int:
-    from pods.daemon import child_env, cleanup_leftovers
+    run = args.run
+    from pods.daemon import cleanup_leftovers
+    from pods.startup import child_env, python_command
 
     pod_lock = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(pod_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     ready_r, ready_w = os.pipe()
     log = os.open(d / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    cmd = [sys.executable, "-m", "pods.daemon", "--policy", str(Path(args.policy).resolve()),
-           "--ready-fd", str(ready_w), "--lock-fd", str(pod_lock)]
-    env = child_env()
-    env["PEAPOD_RUN"] = str(runtime.run_dir())
+    cmd = python_command("pods.daemon", "--policy", str(Path(args.policy).resolve()),
+                         "--run-dir", str(run.path), "--ready-fd", str(ready_w),
+                         "--lock-fd", str(pod_lock), site=True)
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 pass_fds=[ready_w, pod_lock], start_new_session=True,
-                                env=env, cwd="/")
+                                env=child_env(), cwd="/")
         if args.foreground:
             # From here a TERM (systemd's stop, a shell's kill) must reach
             # the daemon as an orderly stop, not kill us before we pass it on.
@@ -238,26 +240,19 @@ def _spawn_daemon(policy, args, d: Path) -> int:
         os.close(ready_w)
         os.close(log)
         os.close(pod_lock)  # the daemon's copy keeps the lock
-    answer = b""
-    deadline = time.monotonic() + args.timeout
-    import select
-
-    while not answer.endswith(b"\n") and time.monotonic() < deadline:
-        r, _, _ = select.select([ready_r], [], [], max(0.0, deadline - time.monotonic()))
-        if not r:
-            break
-        chunk = os.read(ready_r, 4096)
-        if not chunk:
-            break
-        answer += chunk
+    # One message: {"ok": true}, or {"error": why} (pods/control.py, read_line).
+    answer, raw = control.read_line(ready_r, timeout=args.timeout)
     os.close(ready_r)
-    text = answer.decode(errors="replace").strip()
-    if text == "ok":
+    if answer is not None and answer.get("ok") is True:
         print(policy.name, flush=True)
         if args.foreground:
-            return _stay_in_foreground(policy.name, proc)
+            return _stay_in_foreground(run, policy.name, proc)
         return 0
-    if not text:
+    if answer is not None and "error" in answer:
+        text = str(answer["error"])
+    elif raw.strip():
+        text = f"the pod's daemon said something unexpected: {raw[:200]!r}"
+    else:
         proc.kill()
         text = "the pod's daemon did not report in time" if proc.poll() is None else \
             "the pod's daemon exited (see its log)"
@@ -271,8 +266,8 @@ def _spawn_daemon(policy, args, d: Path) -> int:
         log_text = (d / "daemon.log").read_text().strip()
     except OSError:
         pass
-    cleanup_leftovers(policy.name)
-    _err(f"cannot start pod {policy.name}: {text.removeprefix('error ')}")
+    cleanup_leftovers(run, policy.name)
+    _err(f"cannot start pod {policy.name}: {text}")
     if log_text and os.environ.get("PEAPOD_DEBUG"):
         print(log_text, file=sys.stderr)
     return EXIT_USAGE
@@ -300,7 +295,7 @@ def _notify(text: str) -> None:
         pass    # a service manager that went away is no reason to stop the pod
 
 
-def _stay_in_foreground(name: str, proc: subprocess.Popen) -> int:
+def _stay_in_foreground(run, name: str, proc: subprocess.Popen) -> int:
     """`pod start --foreground`: live as long as the pod's daemon. 0 after an
     orderly stop (`pod stop`, a TERM to us or to the daemon), 1 if the pod
     failed (its daemon died or reported an error)."""
@@ -313,19 +308,19 @@ def _stay_in_foreground(name: str, proc: subprocess.Popen) -> int:
             continue
     if code == 0:
         return 0
-    _err(f"pod {name} failed: {death_reason(name)}")
+    _err(f"pod {name} failed: {death_reason(run, name)}")
     return 1
 
 
 # ------------------------------------------------------------------ exec
 
-def _connect(name: str) -> socket.socket | None:
+def _connect(run, name: str) -> socket.socket | None:
     try:
-        path = runtime.pod_dir(name) / "control"
+        path = run.pod_dir(name) / "control"
     except ValueError as e:
         _err(str(e))
         return None
-    if not runtime.is_alive(name):
+    if not run.is_alive(name):
         _err(f"pod {name} is not running")
         return None
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -397,11 +392,12 @@ def passwd_user(root: Path, user: str) -> tuple[int, int] | str:
 
 
 def cmd_exec(args) -> int:
+    run = args.run
     argv = list(args.cmd)
     if not argv:
         _err("exec: no command given")
         return EXIT_USAGE
-    s = _connect(args.name)
+    s = _connect(run, args.name)
     if s is None:
         return EXIT_USAGE
     uid = gid = None
@@ -409,7 +405,7 @@ def cmd_exec(args) -> int:
         if args.user.isascii() and args.user.isdigit():
             uid = int(args.user)   # a number: the daemon picks the group, as before
         else:
-            root = (runtime.read_state(args.name) or {}).get("root")
+            root = (run.read_state(args.name) or {}).get("root")
             found = passwd_user(Path(root), args.user) if root else \
                 f"pod {args.name} has no root in its state"
             if isinstance(found, str):
@@ -475,12 +471,12 @@ def cmd_exec(args) -> int:
 
 # ------------------------------------------------------------------ ps / list
 
-def pod_processes(name: str) -> list[dict]:
+def pod_processes(run, name: str) -> list[dict]:
     """The pod's processes as seen from the host: only those in the pod's pid
     namespace (the keeper and tagger monitors are on the host side)."""
     from peafs import cgroup
 
-    st = runtime.read_state(name) or {}
+    st = run.read_state(name) or {}
     init_pid = st.get("init_pid")
     if not init_pid:
         return []
@@ -537,10 +533,11 @@ INIT_LABEL = "[pod init]"
 
 
 def cmd_ps(args) -> int:
-    if not runtime.is_alive(args.name):
+    run = args.run
+    if not run.is_alive(args.name):
         _err(f"pod {args.name} is not running")
         return EXIT_USAGE
-    rows = pod_processes(args.name)
+    rows = pod_processes(run, args.name)
     if args.json:
         print(json.dumps(rows))
     else:
@@ -549,11 +546,11 @@ def cmd_ps(args) -> int:
     return 0
 
 
-def death_reason(name: str) -> str:
+def death_reason(run, name: str) -> str:
     """Why the daemon of ``name`` is gone, as far as its log tells: its last
     line (a traceback ends with the exception), or that it said nothing (a
     SIGKILL, the OOM killer). The log stays until `pod stop` clears the pod."""
-    log = runtime.pod_dir(name) / "daemon.log"
+    log = run.pod_dir(name) / "daemon.log"
     try:
         with open(log, "rb") as f:
             f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
@@ -567,20 +564,21 @@ def death_reason(name: str) -> str:
 
 
 def cmd_list(args) -> int:
+    run = args.run
     rows = []
-    for name in runtime.pod_names():
-        st = runtime.read_state(name) or {}
-        alive = runtime.is_alive(name)
+    for name in run.pod_names():
+        st = run.read_state(name) or {}
+        alive = run.is_alive(name)
         row = {
             "name": name,
             # A pod whose daemon is gone without `pod stop` has failed: its
             # processes died with the daemon (SECURITY.md, "Lifecycle").
             "state": (st.get("state", "starting") if alive else "failed"),
             "peas": st.get("peas", []),
-            "processes": len(pod_processes(name)) if alive else 0,
+            "processes": len(pod_processes(run, name)) if alive else 0,
         }
         if not alive:
-            row["reason"] = death_reason(name)
+            row["reason"] = death_reason(run, name)
         rows.append(row)
     if args.json:
         print(json.dumps(rows))
@@ -594,7 +592,7 @@ def cmd_list(args) -> int:
 
 # ------------------------------------------------------------------ audit
 
-def find_lasting(what: str, log_name: str):
+def find_lasting(run, what: str, log_name: str):
     """(ROOT.peapod of running pod NAME, or of the pod a policy file
     describes, running or not; the running pod's name or None; its service
     names or None), or why not. The logs kept there (the audit log, the
@@ -608,32 +606,33 @@ def find_lasting(what: str, log_name: str):
             return str(e)
         except OSError as e:
             return f"{what}: {e.strerror}"
-        name = policy.name if runtime.is_alive(policy.name) else None
+        name = policy.name if run.is_alive(policy.name) else None
         return runtime.lasting_dir(policy.root), name, [sv.name for sv in policy.services]
     if not names.NAME_RE.match(what):
         return (f"{shown(what)} is neither a pod name nor a policy file (.toml): "
                 f"a pod name is a lowercase letter, then at most 30 lowercase letters, "
                 f"digits and '-'")
-    state = runtime.read_state(what)
-    if state is None or "root" not in state or not runtime.is_alive(what):
+    state = run.read_state(what)
+    if state is None or "root" not in state or not run.is_alive(what):
         return (f"pod {what} is not running; for a stopped pod give its policy file "
                 f"(the log is ROOT.peapod/{log_name} beside the pod's root)")
     return runtime.lasting_dir(Path(state["root"])), what, state.get("services")
 
 
-def _audit_path(what: str) -> Path | str:
+def _audit_path(run, what: str) -> Path | str:
     """The audit log of a running pod NAME, or of the pod a policy file
     describes; or why not."""
     from peafs.audit import AUDIT_NAME
 
-    found = find_lasting(what, AUDIT_NAME)
+    found = find_lasting(run, what, AUDIT_NAME)
     return found if isinstance(found, str) else found[0] / AUDIT_NAME
 
 
 def cmd_audit(args) -> int:
+    run = args.run
     from peafs.audit import print_log
 
-    path = _audit_path(args.pod)
+    path = _audit_path(run, args.pod)
     if isinstance(path, str):
         _err(path)
         return EXIT_USAGE
@@ -644,18 +643,19 @@ def cmd_audit(args) -> int:
 # ------------------------------------------------------------------ stop
 
 def cmd_stop(args) -> int:
+    run = args.run
     from pods.daemon import cleanup_leftovers
 
     try:
-        d = runtime.pod_dir(args.name)
+        d = run.pod_dir(args.name)
     except ValueError as e:
         _err(str(e))
         return EXIT_USAGE
     if not d.exists():
         _err(f"pod {args.name} is not running")
         return EXIT_USAGE
-    if runtime.is_alive(args.name):
-        s = _connect(args.name)
+    if run.is_alive(args.name):
+        s = _connect(run, args.name)
         if s is not None:
             try:
                 control.send_msg(s, {"op": "stop", "timeout": args.timeout})
@@ -665,10 +665,10 @@ def cmd_stop(args) -> int:
             finally:
                 s.close()
         deadline = time.monotonic() + args.timeout + 30
-        while runtime.is_alive(args.name) and time.monotonic() < deadline:
+        while run.is_alive(args.name) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if runtime.is_alive(args.name):
-            st = runtime.read_state(args.name) or {}
+        if run.is_alive(args.name):
+            st = run.read_state(args.name) or {}
             pid = st.get("daemon_pid")
             if pid:
                 try:
@@ -676,7 +676,7 @@ def cmd_stop(args) -> int:
                 except OSError:
                     pass
             time.sleep(0.2)
-    problems = cleanup_leftovers(args.name)
+    problems = cleanup_leftovers(run, args.name)
     for p in problems:
         _err(p)
     return 1 if problems else 0

@@ -1,7 +1,7 @@
 """The pod's network: loopback only, or a veth pair to the host.
 
 The pod's network namespace is created empty by unshare (loopback down) by
-the keeper while it is still host root (pods/init.py), so the namespace
+the keeper while it is still host root (pods/startup.py, step A3c), so the namespace
 belongs to the host's user namespace and no pod process holds a network
 capability over it. ``loopback_up`` runs inside it then. ``add_veth`` runs
 in the daemon, as host root: it

@@ -15,8 +15,8 @@ root: it gets the capabilities of that namespace, and nothing in the pod
 can name it: it is not in the pod's pid namespace), unshares a new IPC
 namespace, which therefore belongs to the pod's user namespace, and hands
 an fd of it to the daemon, which keeps it for as long as the pod runs. The
-tagger joins it for every process it starts in that pea (pods/tagger.py,
-step 4).
+tagger's child joins it for every process it starts in that pea
+(pods/startup.py, step B4b).
 
 A pea transition does not move a process between IPC namespaces (a
 process can only join one itself): a process that changed pea by exec

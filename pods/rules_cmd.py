@@ -92,6 +92,7 @@ def register(sub) -> None:
 
 def reload(args) -> int:
     """`pod rules reload NAME [POLICY]`: the daemon checks and applies it."""
+    run = args.run
     from pods import control
     from pods.lifecycle_cmd import _connect, _err
 
@@ -103,7 +104,7 @@ def reload(args) -> int:
         policy = str(Path(args.policy).resolve())
         if _load(args.policy) is None:      # its FILE:LINE problems, printed
             return EXIT_BAD_INPUT
-    s = _connect(args.name)
+    s = _connect(run, args.name)
     if s is None:
         return EXIT_BAD_INPUT
     try:
@@ -256,6 +257,7 @@ def _suggest_error(message: str) -> int:
 
 def _log_path(args, policy) -> Path | str:
     """The audit log to read, or why there is none."""
+    run = args.run
     from pods import runtime
 
     if args.log:
@@ -263,7 +265,7 @@ def _log_path(args, policy) -> Path | str:
     if args.pod:
         if not runtime.NAME_RE.match(args.pod):
             return f"{args.pod!r} is not a pod name"
-        state = runtime.read_state(args.pod)
+        state = run.read_state(args.pod)
         if state is None or "root" not in state:
             return (f"pod {args.pod} is not running; without it give the log with --from, "
                     "or let the policy's root name it")

@@ -37,20 +37,84 @@ from pathlib import Path
 from kernel.names import NAME_RE
 
 
-def run_dir() -> Path:
-    return Path(os.environ.get("PEAPOD_RUN", "/run/peapod"))
+DEFAULT_RUN = Path("/run/peapod")
 
 
-def pods_dir() -> Path:
-    return run_dir() / "pods"
+def run_dir_from(environ) -> "RunDir":
+    """The run directory a command was given: $PEAPOD_RUN, else /run/peapod.
+    Called once, at a command's entry (pods/cli.py, pods/demo.py); below
+    that, the RunDir is passed down (the daemon gets it as --run-dir), so no
+    library call depends on the environment of the process it runs in."""
+    return RunDir(environ.get("PEAPOD_RUN") or DEFAULT_RUN)
 
 
-def pod_dir(name: str) -> Path:
-    if not NAME_RE.match(name):
-        # The name becomes a path component: refuse anything that could
-        # climb out of pods/ ("..", "/") before it is joined.
-        raise ValueError(f"invalid pod name {name!r}")
-    return pods_dir() / name
+class RunDir:
+    """One run directory ($PEAPOD_RUN) and what lives in it (see above)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def pods(self) -> Path:
+        return self.path / "pods"
+
+    @property
+    def start_lock(self) -> Path:
+        return self.path / "start.lock"
+
+    def pod_dir(self, name: str) -> Path:
+        if not NAME_RE.match(name):
+            # The name becomes a path component: refuse anything that could
+            # climb out of pods/ ("..", "/") before it is joined.
+            raise ValueError(f"invalid pod name {name!r}")
+        return self.pods / name
+
+    def read_state(self, name: str) -> dict | None:
+        try:
+            state = json.loads((self.pod_dir(name) / "state.json").read_text())
+            # A state of another version (a daemon of another release still
+            # running) is not guessed at: the pod looks unreadable, not wrong.
+            return (state if isinstance(state, dict) and state.get("version") == STATE_VERSION
+                    else None)
+        except (OSError, ValueError):
+            return None
+
+    def write_state(self, name: str, state: dict) -> None:
+        path = self.pod_dir(name) / "state.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**state, "version": STATE_VERSION}, indent=1) + "\n")
+        os.replace(tmp, path)  # readers see the old or the new state, never half
+
+    def is_alive(self, name: str) -> bool:
+        """True while some process (the daemon) holds the pod's lock."""
+        try:
+            fd = os.open(self.pod_dir(name) / "lock", os.O_RDONLY | os.O_CLOEXEC)
+        except (OSError, ValueError):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def pod_names(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.pods) if NAME_RE.match(n))
+        except FileNotFoundError:
+            return []
 
 
 def lasting_dir(root: Path) -> Path:
@@ -85,42 +149,3 @@ def service_log(lasting: Path) -> Path:
 #  "net" ({"ip", "host_ip", "prefixlen"} or null)}. A field's meaning never
 # changes within a version; a reader of another version refuses the file.
 STATE_VERSION = 1
-
-
-def read_state(name: str) -> dict | None:
-    try:
-        state = json.loads((pod_dir(name) / "state.json").read_text())
-        # A state of another version (a daemon of another release still
-        # running) is not guessed at: the pod looks unreadable, not wrong.
-        return state if isinstance(state, dict) and state.get("version") == STATE_VERSION else None
-    except (OSError, ValueError):
-        return None
-
-
-def write_state(name: str, state: dict) -> None:
-    path = pod_dir(name) / "state.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**state, "version": STATE_VERSION}, indent=1) + "\n")
-    os.replace(tmp, path)  # readers see the old or the new state, never half
-
-
-def is_alive(name: str) -> bool:
-    """True while some process (the daemon) holds the pod's lock."""
-    try:
-        fd = os.open(pod_dir(name) / "lock", os.O_RDONLY | os.O_CLOEXEC)
-    except (OSError, ValueError):
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def pod_names() -> list[str]:
-    try:
-        return sorted(n for n in os.listdir(pods_dir()) if NAME_RE.match(n))
-    except FileNotFoundError:
-        return []

@@ -65,7 +65,8 @@ def _print_lines(lines: list[bytes], service, as_json: bool) -> None:
 
 
 def cmd_logs(args) -> int:
-    found = find_lasting(args.pod, runtime.SERVICE_LOG_NAME)
+    run = args.run
+    found = find_lasting(run, args.pod, runtime.SERVICE_LOG_NAME)
     if isinstance(found, str):
         _err(found)
         return EXIT_USAGE
@@ -95,10 +96,10 @@ def cmd_logs(args) -> int:
     _print_lines(backlog, args.service, args.json)
     if not args.follow:
         return 0
-    return _follow(path, running, args.service, args.json)
+    return _follow(run, path, running, args.service, args.json)
 
 
-def _follow(path: Path, running: str | None, service, as_json: bool) -> int:
+def _follow(run, path: Path, running: str | None, service, as_json: bool) -> int:
     """New lines as they come, across rotations, until interrupted or, for a
     running pod, until it stops."""
     f, ino = None, None
@@ -128,7 +129,7 @@ def _follow(path: Path, running: str | None, service, as_json: bool) -> int:
                 f.close()
             f, ino, pending = open(path, "rb"), st.st_ino, b""
             continue
-        if running is not None and not runtime.is_alive(running):
+        if running is not None and not run.is_alive(running):
             return 0
         time.sleep(0.2)
 
@@ -154,15 +155,15 @@ def _ago(t) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min"
 
 
-def pod_status(name: str) -> dict | str:
+def pod_status(run, name: str) -> dict | str:
     """The status of running pod ``name`` as a dict, or why not."""
     try:
-        runtime.pod_dir(name)
+        run.pod_dir(name)
     except ValueError as e:
         return str(e)
-    if not runtime.is_alive(name):
+    if not run.is_alive(name):
         return f"pod {name} is not running"
-    s = _connect(name)
+    s = _connect(run, name)
     if s is None:
         return f"pod {name}: cannot reach its daemon"
     try:
@@ -177,7 +178,7 @@ def pod_status(name: str) -> dict | str:
         s.close()
     if not reply or not reply.get("ok"):
         return f"pod {name}: its daemon did not answer"
-    procs = pod_processes(name)
+    procs = pod_processes(run, name)
     per_pea = {p: 0 for p in reply.get("peas", [])}
     for row in procs:
         # pid 1 is the pod's reaper (pods/init.py), in no pea's charge.
@@ -191,7 +192,8 @@ def pod_status(name: str) -> dict | str:
 
 
 def cmd_status(args) -> int:
-    st = pod_status(args.name)
+    run = args.run
+    st = pod_status(run, args.name)
     if isinstance(st, str):
         _err(st)
         return EXIT_USAGE

@@ -26,7 +26,7 @@ def test_one_owner():
     assert rules.validate.NAME_RE is names.NAME_RE
     assert runtime.NAME_RE is names.NAME_RE
     with pytest.raises(ValueError):
-        runtime.pod_dir("a\n")
+        runtime.RunDir("/run/peapod").pod_dir("a\n")
 
 
 def test_the_cgroup_prefix_is_the_pods_directory():

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
     ("pods.daemon", "pods.supervisor", []),    # the daemon that answers it
 ])
 def test_a_broken_filter_or_supervisor_module_stops_the_start(starter, needed, flags):
-    # The tagger runs with ``python -S`` (daemon.CHILD_PYTHON); a module
+    # The tagger runs with ``python -S`` (startup.python_command); a module
     # that cannot be imported is simulated the way the import system itself
     # spells it: a None entry in sys.modules raises ImportError on import.
     code = (f"import sys; sys.modules[{needed!r}] = None\n"
