@@ -276,15 +276,13 @@ class InodeTable:
 
     # -- names -----------------------------------------------------------
 
-    def find_child(self, parent: Inode, name: str) -> Inode | None:
-        """The Inode of the object behind ``parent/name``, if the table has it."""
-        pfd = parent.fd
-        try:
-            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        except OSError:
-            return None
+    def find_child(self, dir_fd: int, name: str, st: os.stat_result) -> Inode | None:
+        """The Inode of the object behind ``dir_fd``/``name``, if the table
+        has it. ``st`` is the adapter's stat of that name (without following
+        a symlink): fs.py makes it once, and also tells by it whether a
+        rename replaces an entry."""
         ino = self._by_key.get((st.st_dev, st.st_ino))
-        if ino is None or not self._same(ino, pfd, name):
+        if ino is None or not self._same(ino, dir_fd, name):
             return None
         return ino
 
