@@ -44,7 +44,7 @@ import trio
 from . import decide, syscalls
 from .decide import FMODE_EXEC, path_str
 from .budget import OpenBudget
-from .inodes import DEFAULT_FD_CACHE, OPEN_PATH, Inode, InodeTable
+from .inodes import DEFAULT_FD_CACHE, OPEN_PATH, Inode, InodeTable, LookupCountError
 
 ERR = pyfuse3.FUSEError
 CACHE_TIMEOUT = 300.0      # entry/attr timeout for ordinary objects (seconds)
@@ -275,8 +275,16 @@ class PeaFS(pyfuse3.Operations):
         return self._answer(ino, st, ctx, pea)
 
     async def forget(self, inode_list):
+        # No handler wrapper: forget has no reply, and an exception here
+        # would end pyfuse3's loop, i.e. unmount the pod.
         for node_id, count in inode_list:
-            self.table.forget(node_id, count)
+            try:
+                self.table.forget(node_id, count)
+            except LookupCountError:
+                # A count gone below zero is a bug worth a traceback in the
+                # daemon's log, not the pod's death (InodeTable.forget says
+                # why); the rest of the batch still counts.
+                traceback.print_exc(file=sys.stderr)
 
     @handler
     def getattr(self, inode_id, ctx):
