@@ -326,7 +326,8 @@ def test_link(p):
     assert decide.link(p, paths("/rw"), paths("/ro/f")) is ALLOW
     assert decide.link(p, paths("/ro"), paths("/rw/f")) == refusal(
         "p", "link", "/ro", "w", "/", "directory")
-    # Some letter on every name of the original, else no new name for it.
+    # Some letter on the original, granted by each of its names (the
+    # intersection, as for any access), else no new name for it.
     assert decide.link(p, paths("/rw"), paths("/none/secret")) == refusal(
         "p", "link", "/none/secret", "rwx", "no access to the original", "link")
     assert decide.link(p, paths("/rw"), paths("/ro/f", "/none/f")) == refusal(
@@ -598,8 +599,19 @@ def test_exec_agrees_with_x_and_the_exec_table(pea, names):
 
 @settings(max_examples=200, deadline=None)
 @given(peas(), objects, objects)
-def test_link_needs_w_on_the_directory_and_a_letter_on_every_original_name(pea, dirs, old):
+def test_link_needs_w_on_the_directory_and_a_letter_common_to_every_original_name(pea, dirs,
+                                                                                   old):
     v = decide.link(pea, dirs, old)
-    may = (all("w" in engine(pea, d).perm for d in dirs)
-           and all(engine(pea, o).perm for o in old))
+    # What the pea may do to the object is the intersection over its names
+    # (as for any access): r on one name and w on another is no access.
+    common = set("rwx")
+    for o in old:
+        common &= set(engine(pea, o).perm)
+    may = all("w" in engine(pea, d).perm for d in dirs) and bool(common)
     assert v.allowed == may
+
+
+def test_link_to_an_object_whose_names_grant_different_letters_is_refused(policy):
+    pea = rules.loads(POLICY.replace('"/wo/" = "w"', '"/wo/" = "w"\n"/ronly/" = "r"')).pea("p")
+    # Written through one name, read through another: no letter in common.
+    assert not decide.link(pea, paths("/rw"), paths("/wo/f", "/ronly/f")).allowed
