@@ -51,9 +51,11 @@ class Enforcer:
         return name if name in self.policy.peas else None
 
     def pea(self, ctx):
-        """The caller's Pea, or None for a caller in no pea of this pod."""
-        name = self.pea_name(ctx)
-        return None if name is None else self.policy.peas[name]
+        """The caller's Pea, or None for a caller in no pea of this pod
+        (``pea_name`` inlined: this runs for every request)."""
+        if self.watch is not None and self.watch.busy:
+            self.watch.settle()
+        return self.policy.peas.get(cgroup.pea_of(ctx.pid, self.pod))
 
     def caller(self, ctx, operation: str, path: str = ""):
         """The caller's Pea; EACCES (logged) if it is in none of this pod."""
