@@ -4,8 +4,12 @@ Design (see docs/ARCHITECTURE.md, "## peafs/"):
 - Every object is reached through the inode table's O_PATH handles with
   *at() calls or a re-open of /proc/self/fd/N; never through a path string
   (inodes.py explains why).
-- Every request is checked against the caller's pea (enforce.py) before it
-  touches anything; on-disk ids are translated in ids.py only.
+- Every request is checked against the caller's pea before it touches
+  anything. This module is an adapter: it gathers the facts (the object's
+  pod paths from the inode table, flags, types), asks the pure core
+  (decide.py) and has the verdict applied by enforce.py (the caller's pea
+  from /proc, audit records, FUSEError); on-disk ids are translated in
+  ids.py only.
 - Handlers are synchronous under an async shim: each runs to completion in
   the trio thread, so the table is never seen half-updated and a pea check
   and the action it guards cannot interleave with another request. The
@@ -37,14 +41,12 @@ import traceback
 import pyfuse3
 import trio
 
-from . import syscalls
-from .enforce import path_str
-from .ids import OVERFLOW_ID
+from . import decide, syscalls
+from .decide import FMODE_EXEC, path_str
 from .budget import OpenBudget
-from .inodes import DEFAULT_FD_CACHE, OPEN_PATH, Inode, InodeTable
+from .inodes import DEFAULT_FD_CACHE, OPEN_PATH, Inode, InodeTable, LookupCountError
 
 ERR = pyfuse3.FUSEError
-FMODE_EXEC = 0o40          # the kernel's __FMODE_EXEC in an exec's open flags
 CACHE_TIMEOUT = 300.0      # entry/attr timeout for ordinary objects (seconds)
 # How long the kernel may remember that a name does not exist. Every exec
 # asks for names that are absent (/etc/ld.so.preload, the loader's
@@ -54,11 +56,6 @@ CACHE_TIMEOUT = 300.0      # entry/attr timeout for ordinary objects (seconds)
 # the negative entry at once, and only a name made in the staging directory
 # from outside the mount stays unseen in the pod, for this long at most.
 NEGATIVE_TIMEOUT = 1.0
-DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
-# Only the user.* xattr namespace may be written from a pod: trusted.* and
-# security.* (file capabilities!) written by the daemon, which is real root,
-# would be honoured by the host.
-WRITABLE_XATTR_PREFIX = b"user."
 # Writes of this size or more, and any write to a file on another file
 # system than the staging root's (a network or FUSE mount inside the tree),
 # go to a worker thread: on the loop they could wait for the disk (dirty
@@ -201,44 +198,13 @@ class PeaFS(pyfuse3.Operations):
         return a
 
     def _guard_special(self, a, ino: Inode, ctx, pea) -> None:
-        """Per-pea attributes of a FIFO or socket.
-
-        Opening a FIFO and connecting to a socket never reach FUSE: the
-        kernel decides from the attributes (default_permissions). A pea
-        lacking r or w gets an answer under which the kernel's own check
-        gives exactly (Unix permission AND pea permission): the owner and
-        group become the unmapped overflow id, so pod root's capabilities
-        (granted only over inodes whose ids are mapped in its namespace)
-        no longer apply, and the "other" bits carry what this caller may do.
-        Timeouts are 0, so the kernel asks again for every caller.
-        """
-        paths = self._paths(ino)
-        perm = self.enf.granted(pea, paths) if pea is not None else ""
-        if "r" in perm and "w" in perm:
-            return
-        if pea is not None and pea.complain:
-            # Complain mode: the true attributes (the kernel's own check then
-            # decides alone), and what the pea would have been refused in the
-            # log, which is what `pod rules suggest` learns rules from. The
-            # kernel opens the object without asking us, so this is the one
-            # moment we see it.
-            self.enf.check(ctx, "connect" if ino.fmt == stat.S_IFSOCK else "open", "rw",
-                           paths, pea=pea)
-            return
-        mode = a.st_mode & 0o777
-        vuid = self.ids.uid.to_virtual(ctx.uid)
-        if vuid == 0 and a.st_uid != OVERFLOW_ID and a.st_gid != OVERFLOW_ID:
-            unix = 0o7                                  # pod root: DAC override
-        elif ctx.uid == a.st_uid:
-            unix = (mode >> 6) & 7
-        elif ctx.gid == a.st_gid:
-            unix = (mode >> 3) & 7
-        else:
-            unix = mode & 7
-        want = (4 if "r" in perm else 0) | (2 if "w" in perm else 0)
-        a.st_mode = (a.st_mode & ~0o7777) | (unix & want)
-        a.st_uid = OVERFLOW_ID
-        a.st_gid = OVERFLOW_ID
+        """Per-pea attributes of a FIFO or socket (decide.special says why)."""
+        verdict, answer = decide.special(pea, self._paths(ino), ino.fmt, a.st_mode, a.st_uid,
+                                         a.st_gid, ctx.uid, ctx.gid,
+                                         self.ids.uid.to_virtual(ctx.uid))
+        self.enf.enforce(ctx, verdict)
+        if answer is not None:
+            a.st_mode, a.st_uid, a.st_gid = answer
 
     def _virtual_ids(self, ctx, parent_st: os.stat_result | None = None):
         vuid = self.ids.uid.to_virtual(ctx.uid)
@@ -267,15 +233,18 @@ class PeaFS(pyfuse3.Operations):
         return self._answer(ino, st, ctx, pea)
 
     def _entry_paths(self, parent: Inode, name: str):
-        """Paths of an existing entry: its name here, and every other name
-        its object is known by (hard links: the strictest rule wins)."""
-        paths = self._child_paths(parent, name)
-        ino = self.table.find_child(parent, name)
-        if ino is not None:
-            for p in self._paths(ino):
-                if p not in paths:
-                    paths.append(p)
-        return paths, ino
+        """Paths of an entry (decide.entry_paths: its name here and every
+        other name its object is known by), its Inode if the table holds it,
+        and what the stat of the name raised (None: it exists)."""
+        pfd = parent.fd
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except OSError as e:
+            return self._child_paths(parent, name), None, e
+        ino = self.table.find_child(pfd, name, st)
+        if ino is None:
+            return self._child_paths(parent, name), None, None
+        return decide.entry_paths(self._child_paths(parent, name), self._paths(ino)), ino, None
 
     @staticmethod
     def _name(name: bytes) -> str:
@@ -305,24 +274,31 @@ class PeaFS(pyfuse3.Operations):
         return self._answer(ino, st, ctx, pea)
 
     async def forget(self, inode_list):
+        # No handler wrapper: forget has no reply, and an exception here
+        # would end pyfuse3's loop, i.e. unmount the pod.
         for node_id, count in inode_list:
-            self.table.forget(node_id, count)
+            try:
+                self.table.forget(node_id, count)
+            except LookupCountError:
+                # A count gone below zero is a bug worth a traceback in the
+                # daemon's log, not the pod's death (InodeTable.forget says
+                # why); the rest of the batch still counts.
+                traceback.print_exc(file=sys.stderr)
 
     @handler
     def getattr(self, inode_id, ctx):
         ino = self.table[inode_id]
-        if ino is self.table.root and self.enf.pea_name(ctx) is None:
-            # The one thing outsiders may see: the mount point's own
-            # attributes, so host tools can tell it is a mount (ismount,
-            # findmnt, the pod daemon's own checks). Nothing below it.
-            return self._attrs(ino, os.fstat(ino.fd))
-        pea = self.enf.caller(ctx, "getattr")
+        pea = self.enf.pea(ctx)
+        # An outsider sees the mount root's attributes (decide.get_attributes);
+        # the root is a directory, so the answer is the same for everyone.
+        self.enf.enforce(ctx, decide.get_attributes(pea, ino is self.table.root))
         return self._answer(ino, os.fstat(ino.fd), ctx, pea)
 
     @handler
     def setattr(self, inode_id, attr, fields, fh, ctx):
         ino = self.table[inode_id]
-        pea = self.enf.check(ctx, "setattr", "w", self._paths(ino))
+        pea = self.enf.pea(ctx)
+        self.enf.enforce(ctx, decide.set_attributes(pea, self._paths(ino)))
         is_link = ino.fmt == stat.S_IFLNK
         if fields.update_uid or fields.update_gid:
             vuid = vgid = -1
@@ -368,9 +344,8 @@ class PeaFS(pyfuse3.Operations):
     def mknod(self, parent_id, name, mode, rdev, ctx):
         parent = self.table[parent_id]
         sname = self._name(name)
-        pea = self.enf.check(ctx, "mknod", "w", self._paths(parent))
-        if stat.S_IFMT(mode) in DEVICE_TYPES:
-            raise ERR(errno.EPERM)  # device nodes would reach host devices
+        pea = self.enf.pea(ctx)
+        self.enf.enforce(ctx, decide.mknod(pea, self._paths(parent), mode))
         return self._new_object(parent, sname, ctx, pea,
                                 lambda: os.mknod(sname, no_setid(mode), 0, dir_fd=parent.fd))
 
@@ -378,7 +353,8 @@ class PeaFS(pyfuse3.Operations):
     def mkdir(self, parent_id, name, mode, ctx):
         parent = self.table[parent_id]
         sname = self._name(name)
-        pea = self.enf.check(ctx, "mkdir", "w", self._paths(parent))
+        pea = self.enf.pea(ctx)
+        self.enf.enforce(ctx, decide.make(pea, "mkdir", self._paths(parent)))
         return self._new_object(parent, sname, ctx, pea,
                                 lambda: os.mkdir(sname, no_setid(mode, True), dir_fd=parent.fd))
 
@@ -386,7 +362,8 @@ class PeaFS(pyfuse3.Operations):
     def symlink(self, parent_id, name, target, ctx):
         parent = self.table[parent_id]
         sname = self._name(name)
-        pea = self.enf.check(ctx, "symlink", "w", self._paths(parent))
+        pea = self.enf.pea(ctx)
+        self.enf.enforce(ctx, decide.make(pea, "symlink", self._paths(parent)))
         return self._new_object(parent, sname, ctx, pea,
                                 lambda: os.symlink(target, sname, dir_fd=parent.fd))
 
@@ -395,14 +372,12 @@ class PeaFS(pyfuse3.Operations):
         ino = self.table[inode_id]
         parent = self.table[new_parent_id]
         sname = self._name(new_name)
-        pea = self.enf.check(ctx, "link", "w", self._paths(parent))
+        pea = self.enf.pea(ctx)
         old_paths = self._paths(ino)
+        # w on the directory, and some letter of rwx on the original: a new
+        # name is a new way to reach the object (decide.link).
+        self.enf.enforce(ctx, decide.link(pea, self._paths(parent), old_paths))
         new_path = path_str(self._child_paths(parent, sname)[0])
-        if not old_paths:
-            raise ERR(errno.EACCES)
-        # A pea may link only to what it may access (some letter of rwx):
-        # a new name is a new way to reach the object (docs/FORMAT.md section 9).
-        self.enf.check_some(ctx, "link", old_paths, pea)
         # linkat through the handle's magic link: the object itself, never a
         # name a pod could have swapped meanwhile.
         os.link(ino.proc_path(), sname, dst_dir_fd=parent.fd, follow_symlinks=True)
@@ -424,9 +399,11 @@ class PeaFS(pyfuse3.Operations):
     def _remove(self, op, parent_id, name, ctx, remove):
         parent = self.table[parent_id]
         sname = self._name(name)
-        pea = self.enf.check(ctx, op, "w", self._paths(parent))
-        paths, ino = self._entry_paths(parent, sname)
-        self.enf.check(ctx, op, "w", paths, pea=pea)
+        pea = self.enf.pea(ctx)
+        self.enf.enforce(ctx, decide.remove(pea, op, self._paths(parent)))
+        # Only for a caller that may write the directory: the entry's stat.
+        paths, ino, _ = self._entry_paths(parent, sname)
+        self.enf.enforce(ctx, decide.remove_entry(pea, op, paths))
         remove(sname, parent.fd)
         self.table.unlinked(ino, parent, sname)
         return self._move_link_rules(path_str(paths[0]), None)
@@ -451,19 +428,19 @@ class PeaFS(pyfuse3.Operations):
         np_ = self.table[new_parent_id]
         oname = self._name(old_name)
         nname = self._name(new_name)
-        pea = self.enf.check(ctx, "rename", "w", self._paths(op_))
-        self.enf.check(ctx, "rename", "w", self._paths(np_), pea=pea)
-        src_paths, src = self._entry_paths(op_, oname)
-        self.enf.check(ctx, "rename", "w", src_paths, pea=pea)
-        dst_paths, dst = self._entry_paths(np_, nname)
-        try:
-            os.stat(nname, dir_fd=np_.fd, follow_symlinks=False)
-            dst_exists = True
-        except FileNotFoundError:
-            dst_exists = False
-        if dst_exists:
+        pea = self.enf.pea(ctx)
+        self.enf.enforce(ctx, decide.rename_dirs(pea, self._paths(op_), self._paths(np_)))
+        # Only for a caller that may write both directories: the entries.
+        src_paths, src, _ = self._entry_paths(op_, oname)
+        self.enf.enforce(ctx, decide.rename_entry(pea, src_paths))
+        dst_paths, dst, missing = self._entry_paths(np_, nname)
+        if missing is None:
             # Replacing (or exchanging with) an object is a write to it.
-            self.enf.check(ctx, "rename", "w", dst_paths, pea=pea)
+            self.enf.enforce(ctx, decide.rename_entry(pea, dst_paths))
+        elif not isinstance(missing, FileNotFoundError):
+            # We cannot tell whether the rename would replace an object,
+            # which would need a check: fail with the stat's error.
+            raise missing
         if flags:
             syscalls.renameat2(op_.fd, os.fsencode(oname), np_.fd, os.fsencode(nname), flags)
         else:
@@ -511,17 +488,6 @@ class PeaFS(pyfuse3.Operations):
 
     # -- files ----------------------------------------------------------------
 
-    @staticmethod
-    def _need_for(flags: int) -> str:
-        """Letters an open (not an exec: Enforcer.exec_open) needs."""
-        acc = flags & os.O_ACCMODE
-        need = ""
-        if acc in (os.O_RDONLY, os.O_RDWR):
-            need += "r"
-        if acc in (os.O_WRONLY, os.O_RDWR) or flags & os.O_TRUNC:
-            need += "w"
-        return need
-
     def _real_flags(self, flags: int) -> int:
         # O_NOFOLLOW was for the caller's path, which the kernel has already
         # resolved; on our re-open of /proc/self/fd/N (a magic link) it
@@ -539,10 +505,8 @@ class PeaFS(pyfuse3.Operations):
         """Count one descriptor against ``pea``'s share (budget.py);
         ENFILE, logged, when the share is full."""
         if not self.budget.take(pea.name):
-            self.enf.log_limit(pea.name, ctx, operation, path_str(paths[0]) if paths else "?",
-                               f"the pea holds {self.budget.share} open files and "
-                               "directories, its share of the daemon's descriptors")
-            raise ERR(errno.ENFILE)
+            self.enf.enforce(ctx, decide.over_share(pea.name, operation, paths,
+                                                    self.budget.share))
 
     def _held_open(self, fd: int, pea, st_dev: int) -> int:
         self.open_fds[fd] = (pea.name, st_dev == self.root_dev)
@@ -559,10 +523,11 @@ class PeaFS(pyfuse3.Operations):
         paths = self._paths(ino)
         if flags & FMODE_EXEC:
             pea = self.enf.exec_open(ctx, paths, ino.id)
+            # Never refused in practice: the kernel execs regular files only.
+            self.enf.enforce(ctx, decide.openable(ino.fmt))
         else:
-            pea = self.enf.check(ctx, "open", self._need_for(flags), paths)
-        if ino.is_special or ino.fmt == stat.S_IFLNK:
-            raise ERR(errno.EACCES)   # never reached: the kernel opens these itself
+            pea = self.enf.pea(ctx)
+            self.enf.enforce(ctx, decide.open_file(pea, paths, flags, ino.fmt))
         self._charge(ctx, pea, "open", paths)
         try:
             fd = os.open(ino.proc_path(), self._real_flags(flags))
@@ -575,12 +540,12 @@ class PeaFS(pyfuse3.Operations):
     def create(self, parent_id, name, mode, flags, ctx):
         parent = self.table[parent_id]
         sname = self._name(name)
-        pea = self.enf.check(ctx, "create", "w", self._paths(parent))
-        self.enf.check(ctx, "create", self._need_for(flags), self._child_paths(parent, sname),
-                       pea=pea)
+        pea = self.enf.pea(ctx)
+        new_paths = self._child_paths(parent, sname)
+        self.enf.enforce(ctx, decide.create(pea, self._paths(parent), new_paths, flags))
         vuid, vgid = self._virtual_ids(ctx, os.fstat(parent.fd))
         real = self._real_flags(flags) | os.O_NOFOLLOW
-        self._charge(ctx, pea, "create", self._child_paths(parent, sname))
+        self._charge(ctx, pea, "create", new_paths)
         fd = None
         try:
             try:
@@ -663,7 +628,8 @@ class PeaFS(pyfuse3.Operations):
     def opendir(self, inode_id, ctx):
         ino = self.table[inode_id]
         paths = self._paths(ino)
-        pea = self.enf.check(ctx, "opendir", "r", paths)
+        pea = self.enf.pea(ctx)
+        self.enf.enforce(ctx, decide.opendir(pea, paths))
         self._charge(ctx, pea, "opendir", paths)
         try:
             fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=ino.fd)
@@ -716,8 +682,7 @@ class PeaFS(pyfuse3.Operations):
             if ino.is_special:
                 # No caller context here: the refusing answer, which a
                 # timeout of 0 replaces by the caller's own on next use.
-                a.st_mode &= ~0o7777
-                a.st_uid = a.st_gid = OVERFLOW_ID
+                a.st_mode, a.st_uid, a.st_gid = decide.refusing_answer(a.st_mode)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), a, i + 1):
                 self.table.forget(ino.id, 1)
                 break
@@ -749,11 +714,7 @@ class PeaFS(pyfuse3.Operations):
         # Only asked without default_permissions; kept for completeness.
         ino = self.table[inode_id]
         pea = self.enf.caller(ctx, "access")
-        perm = self.enf.granted(pea, self._paths(ino))
-        need = ("r" if mode & os.R_OK else "") + ("w" if mode & os.W_OK else "")
-        if mode & os.X_OK and not ino.is_dir:
-            need += "x"
-        return all(c in perm for c in need) or pea.complain
+        return decide.access(pea, self._paths(ino), mode, ino.is_dir)
 
     # -- extended attributes --------------------------------------------------
 
@@ -765,9 +726,7 @@ class PeaFS(pyfuse3.Operations):
             # cannot set them: answer at once, without a check or a syscall.
             raise ERR(errno.ENODATA)
         ino = self.table[inode_id]
-        self.enf.check(ctx, "getxattr", "r", self._paths(ino))
-        if ino.fmt == stat.S_IFLNK:
-            raise ERR(errno.ENODATA)
+        self.enf.enforce(ctx, decide.getxattr(self.enf.pea(ctx), self._paths(ino), ino.fmt))
         return os.getxattr(ino.proc_path(), name)
 
     @handler
@@ -780,9 +739,8 @@ class PeaFS(pyfuse3.Operations):
 
     def _xattr_write(self, op, inode_id, name, ctx) -> Inode:
         ino = self.table[inode_id]
-        self.enf.check(ctx, op, "w", self._paths(ino))
-        if not name.startswith(WRITABLE_XATTR_PREFIX) or ino.fmt == stat.S_IFLNK:
-            raise ERR(errno.EPERM)
+        self.enf.enforce(ctx, decide.xattr_write(self.enf.pea(ctx), op, self._paths(ino), name,
+                                                 ino.fmt))
         return ino
 
     @handler

@@ -57,6 +57,11 @@ DEFAULT_FD_CACHE = 4096
 MIN_FD_CACHE = 8      # above what one request touches at once (rename: 4)
 
 
+class LookupCountError(RuntimeError):
+    """The kernel forgot more references to a node than it was given
+    (``InodeTable.forget`` says why this is an error, not an abort)."""
+
+
 class Inode:
     __slots__ = ("id", "_fd", "key", "fmt", "lookups", "links", "handle", "mnt",
                  "alive", "table", "__weakref__")
@@ -264,27 +269,50 @@ class InodeTable:
         return ino
 
     def forget(self, node_id: int, count: int) -> None:
+        """The kernel dropped ``count`` of its references to ``node_id``.
+
+        At zero the entry leaves the id map and closes its descriptor; it
+        stays as a name while a child's link holds it (see ``paths``), and a
+        later lookup of the same object revives it under the same id.
+
+        Forgetting more than was counted raises LookupCountError, after the
+        entry is dropped as the kernel wants it. The count was wrong, ours
+        or the kernel's: libfuse's passthrough_hp aborts there, since in C
+        the entry may already be freed and the next request use it after
+        free. Here nothing is freed under a request (a node id is never
+        reused for another object, and a request for a dropped id finds no
+        entry and is answered EIO), so taking the whole pod down for it
+        would trade a bookkeeping error for a denial of service; clamping it
+        silently, as we did, hid it. The error is raised to the caller: the
+        FUSE forget handler logs it with its traceback to the daemon's log
+        (forget has no reply to carry it), and tests see it.
+        """
         ino = self._by_id.get(node_id)
         if ino is None or ino is self.root:
+            # Unknown: already dropped (by a forget that reached zero, which
+            # raised below if it went under), or the table was closed.
             return
         ino.lookups -= count
         if ino.lookups <= 0:
+            under = ino.lookups
             ino.lookups = 0
             del self._by_id[node_id]
             ino.alive = False
             self._drop_fd(ino)
+            if under < 0:
+                raise LookupCountError(
+                    f"forget({node_id}, {count}) took the lookup count of {ino!r} to {under}: "
+                    "the kernel forgot more references than it was given")
 
     # -- names -----------------------------------------------------------
 
-    def find_child(self, parent: Inode, name: str) -> Inode | None:
-        """The Inode of the object behind ``parent/name``, if the table has it."""
-        pfd = parent.fd
-        try:
-            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        except OSError:
-            return None
+    def find_child(self, dir_fd: int, name: str, st: os.stat_result) -> Inode | None:
+        """The Inode of the object behind ``dir_fd``/``name``, if the table
+        has it. ``st`` is the adapter's stat of that name (without following
+        a symlink): fs.py makes it once, and also tells by it whether a
+        rename replaces an entry."""
         ino = self._by_key.get((st.st_dev, st.st_ino))
-        if ino is None or not self._same(ino, pfd, name):
+        if ino is None or not self._same(ino, dir_fd, name):
             return None
         return ino
 
