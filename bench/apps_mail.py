@@ -131,7 +131,7 @@ class HostLeg:
                         PEAPOD_RUN=str(base / "host-run"))
         self.mailbox = self.root / "var" / "mail" / "alice"
         self.proc: subprocess.Popen | None = None
-        from peafs import cgroup
+        from kernel import cgroup
         self.cgroup = cgroup.cgroup2_root() / f"benchmail-host-{os.getpid()}"
         with open(self.policy, "rb") as f:
             self.mounts = [(m["host"], m["path"]) for m in tomllib.load(f)["pod"].get("mount", [])]

@@ -160,7 +160,7 @@ def _serve(policy, root, mp, state_dir, state, ready_fd) -> int:
 # -- run -------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from . import cgroup
+    from kernel import cgroup
     found = runtime.find_state(args.run, args.mountpoint)
     if found is None:
         raise Fail(f"no peafs mount at {args.mountpoint}")
@@ -240,7 +240,7 @@ def _exit_code(status: int) -> int:
 # -- umount ------------------------------------------------------------------------
 
 def cmd_umount(args) -> int:
-    from . import cgroup
+    from kernel import cgroup
     found = runtime.find_state(args.run, args.mountpoint)
     mounted = runtime.is_mounted(args.mountpoint)
     if found is None and not mounted:

@@ -64,9 +64,9 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 
-from kernel import procfs
+from kernel import cgroup, procfs
 
-from . import cgroup, syscalls
+from . import syscalls
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1

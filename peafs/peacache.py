@@ -36,7 +36,7 @@ import os
 import signal
 import threading
 
-from . import cgroup
+from kernel import cgroup
 
 PIDFD_THREAD = os.O_EXCL          # pidfd_open: a pidfd of one thread (Linux 6.9)
 MAX_ENTRIES = 1024

@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from . import mountinfo
+from kernel import mountinfo
 
 MOUNT_FILE = "mount.json"
 

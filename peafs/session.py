@@ -28,9 +28,9 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from kernel import libc
+from kernel import cgroup, libc, mountinfo
 
-from . import cgroup, execwatch, fusecaps, mountinfo
+from . import execwatch, fusecaps
 from .audit import AuditLog
 from .budget import OpenBudget
 from .enforce import Enforcer

@@ -53,7 +53,7 @@ import trio
 
 import rules
 from kernel import idmap
-from peafs import cgroup
+from kernel import cgroup
 from peafs.execwatch import process_exited
 from pods import control, limits, netbpf, netns, podusers, runtime, services, startup
 from pods import namespaces as ns

@@ -474,7 +474,7 @@ def cmd_exec(args) -> int:
 def pod_processes(run, name: str) -> list[dict]:
     """The pod's processes as seen from the host: only those in the pod's pid
     namespace (the keeper and tagger monitors are on the host side)."""
-    from peafs import cgroup
+    from kernel import cgroup
 
     st = run.read_state(name) or {}
     init_pid = st.get("init_pid")

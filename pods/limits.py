@@ -1,6 +1,6 @@
 """Resource limits of a pod (memory, pids), enforced with cgroups.
 
-Pea membership lives in the unified (cgroup2) hierarchy (peafs/cgroup.py).
+Pea membership lives in the unified (cgroup2) hierarchy (kernel/cgroup.py).
 Limits need controllers, and where a controller lives depends on the host:
 
 - cgroup2 with the controller listed in cgroup.controllers: the limit is set
@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 from kernel.names import CGROUP_PREFIX
-from peafs import cgroup, mountinfo
+from kernel import cgroup, mountinfo
 
 CONTROLLERS = ("memory", "pids")
 
@@ -106,7 +106,7 @@ def setup(pod: str, memory: int | None, pids: int | None) -> None:
 
 
 def remove(pod: str) -> None:
-    """Remove the v1 cgroups (the unified ones go with peafs.cgroup.remove_pod)."""
+    """Remove the v1 cgroups (the unified ones go with kernel.cgroup.remove_pod)."""
     for d in v1_dirs(pod):
         try:
             os.rmdir(d)

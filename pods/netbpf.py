@@ -1,6 +1,6 @@
 """The peas' network rules, decided by the kernel: cgroup socket-address BPF.
 
-Each pea is a cgroup (peafs/cgroup.py). To it the daemon attaches small BPF
+Each pea is a cgroup (kernel/cgroup.py). To it the daemon attaches small BPF
 programs at the kernel's socket-address hooks (``BPF_CGROUP_INET{4,6}_BIND``,
 ``_CONNECT``, ``UDP{4,6}_SENDMSG``). The kernel runs them inside bind(),
 connect() and every send with an address, on *its own copy* of the address,

@@ -23,7 +23,7 @@ import errno
 import os
 from pathlib import Path
 
-from peafs import mountinfo
+from kernel import mountinfo
 from pods import namespaces as ns
 
 _WALK = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC

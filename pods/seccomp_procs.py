@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 
 from kernel import procfs
-from peafs import cgroup
+from kernel import cgroup
 from pods import notify
 
 NS_GET_PARENT = (0xB7 << 8) | 2          # _IO(0xb7, 2)

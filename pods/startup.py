@@ -149,7 +149,7 @@ def needed_paths(d) -> list[str]:
 
 def host_setup(d) -> None:
     """A1, in the daemon ``d`` (a PodDaemon)."""
-    from peafs import cgroup
+    from kernel import cgroup
     from pods import limits, rootfs, runtime, services
 
     # A1a. A mount namespace of our own, slave of the host's. Prevents: our
@@ -301,7 +301,7 @@ async def configure_pod(d) -> None:
     import trio
 
     from kernel import idmap
-    from peafs import cgroup
+    from kernel import cgroup
     from pods import netns
 
     pid = d.keeper.pid

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import pytest
 
-from peafs import cgroup
+from kernel import cgroup
 from pods import limits, netns, runtime
 
 REPO = Path(__file__).resolve().parents[2]

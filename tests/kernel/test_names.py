@@ -30,7 +30,7 @@ def test_one_owner():
 
 
 def test_the_cgroup_prefix_is_the_pods_directory():
-    from peafs import cgroup
+    from kernel import cgroup
 
     assert names.CGROUP_PREFIX == "peapod"
     assert cgroup.pod_cgroup("x").parent.name == names.CGROUP_PREFIX

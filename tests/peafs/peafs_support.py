@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from peafs import cgroup
+from kernel import cgroup
 
 PY = "/usr/bin/python3"
 PEAFS = [sys.executable, "-m", "peafs"]

@@ -18,7 +18,7 @@ import pytest
 from helpers_attack import PY, host_tree, policy, py_cmd, results
 from peafs_support import peafs_cmd
 
-from peafs import cgroup
+from kernel import cgroup
 
 POLICY = policy('[pea.all.files]\n"/" = "rwx"\n')
 

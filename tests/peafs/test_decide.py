@@ -99,7 +99,7 @@ def refusal(pea, op, path, need, rule, kind, complain=False, error=errno.EACCES)
 
 FORBIDDEN = {"os", "posix", "io", "pyfuse3", "trio", "socket", "subprocess", "ctypes",
              "threading", "pathlib", "shutil", "select", "fcntl", "kernel.procfs",
-             "peafs.cgroup", "peafs.enforce", "peafs.fs", "peafs.inodes", "peafs.syscalls"}
+             "kernel.cgroup", "peafs.enforce", "peafs.fs", "peafs.inodes", "peafs.syscalls"}
 
 
 def imports_of(path: Path, package: str) -> set[str]:
@@ -145,7 +145,7 @@ def test_decide_imports_nothing_that_does_io():
 def test_importing_decide_loads_no_fuse_nor_trio():
     code = ("import sys, peafs.decide\n"
             "print(sorted(m for m in ('pyfuse3', 'trio', 'peafs.enforce', 'peafs.fs', "
-            "'peafs.inodes', 'kernel.procfs', 'peafs.cgroup') if m in sys.modules))")
+            "'peafs.inodes', 'kernel.procfs', 'kernel.cgroup') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=True).stdout
     assert out.strip() == "[]"

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from peafs import cgroup
+from kernel import cgroup
 from peafs.peacache import PeaCache
 
 POD = f"pc{os.getpid()}"

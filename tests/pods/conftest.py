@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from peafs import cgroup
+from kernel import cgroup
 from rules.policy import KNOWN_GAPS
 from pods import limits, netns
 from pod_support import POD, PY, REPO

@@ -12,7 +12,7 @@ filter (pods.seccomp.install), and the test takes the listener out of P2
 with pidfd_getfd, as the tagger does. P2 then forks agents on request; each
 agent executes named operations (the OPS below) sent by the test over its
 own SOCK_SEQPACKET socket, and answers with the result. Pea membership is the
-pea cgroups of peafs/cgroup.py (the test moves agents with cgroup.join).
+pea cgroups of kernel/cgroup.py (the test moves agents with cgroup.join).
 
 Everything an agent runs is already imported before the fork: agents run as
 an unprivileged host uid and must not need to read host files.
@@ -36,7 +36,7 @@ import time
 
 import trio
 
-from peafs import cgroup
+from kernel import cgroup
 from pods import seccomp
 from pods import netbpf
 from pods.supervisor import Supervisor

@@ -129,7 +129,7 @@ async def test_parent_waits_for_its_child_in_another_pea():
         child = await a1.call("sleeper")
         host = pod.host_pid(child)
         pod_child_pea = "b"
-        from peafs import cgroup
+        from kernel import cgroup
         cgroup.join(host, pod.name, pod_child_pea)
         assert await a1.call("kill", child, signal.SIGTERM) == -errno.EPERM
         assert state(host) != "Z"
@@ -146,7 +146,7 @@ async def test_kill_minus_one_spares_other_peas():
         ca = await a1.call("sleeper")
         cb = await a1.call("sleeper")
         ca_host, cb_host = pod.host_pid(ca), pod.host_pid(cb)
-        from peafs import cgroup
+        from kernel import cgroup
         cgroup.join(cb_host, pod.name, "b")
         assert await a1.call("kill", -1, signal.SIGKILL) == 0
         assert await wait_dead(a2.host)
@@ -207,7 +207,7 @@ async def test_process_group_spanning_peas_is_signalled_in_the_callers_pea_only(
         c2 = await a1.call("sleeper")
         assert await a1.call("setpgid", c2, c1) == 0
         c1_host, c2_host = pod.host_pid(c1), pod.host_pid(c2)
-        from peafs import cgroup
+        from kernel import cgroup
         cgroup.join(c2_host, pod.name, "b")
         assert await a1.call("kill", -c1, signal.SIGKILL) == 0
         assert await wait_dead(c1_host)

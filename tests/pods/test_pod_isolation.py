@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from peafs import cgroup
+from kernel import cgroup
 
 
 def test_start_prints_name_and_list_shows_it(pods, shared_pod):

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from peafs import cgroup
+from kernel import cgroup
 from pods import limits, netns
 from pods.runtime import audit_log
 

@@ -16,7 +16,7 @@ def test_limits_are_set_where_the_controllers_are(pods):
     where = limits.placement()
     for ctrl, mnt in where.items():
         if mnt is None:  # cgroup2 provides it
-            from peafs import cgroup
+            from kernel import cgroup
 
             f = cgroup.pod_cgroup(pod.name) / f"{ctrl}.max"
             want = str(64 << 20) if ctrl == "memory" else "20"

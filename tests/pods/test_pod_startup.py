@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from peafs import cgroup, mountinfo
+from kernel import cgroup, mountinfo
 from peafs import runtime as peafs_runtime
 from pods import control, lifecycle_cmd, limits, runtime
 from pod_support import POD, REPO

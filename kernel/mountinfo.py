@@ -1,7 +1,7 @@
 """The mounts of the caller's mount namespace, from /proc/self/mountinfo.
 
 One parser for everything that asks "what is mounted where": the cgroup
-hierarchies (peafs/cgroup.py, pods/limits.py), whether a path is a mount
+hierarchies (kernel/cgroup.py, pods/limits.py), whether a path is a mount
 (peafs/runtime.py), the device of a PeaFS mount (peafs/session.py), and the
 mounts the pod daemon detaches (pods/rootfs.py). Paths in mountinfo escape
 space, tab, newline and backslash as octal (\\040 ...); they are decoded
