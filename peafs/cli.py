@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from kernel import idmap, libc
+from kernel import idmap, libc, rundir
 
 from . import runtime
 from .audit import AUDIT_NAME, print_log
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if cmd is not None:
         args.cmd = cmd
-    args.run = runtime.run_dir_from(os.environ)   # the one read of $PEAPOD_RUN
+    args.run = rundir.run_dir_from(os.environ)   # the one read of $PEAPOD_RUN
     try:
         return args.func(args)
     except Fail as e:

@@ -1,7 +1,7 @@
 """Runtime state of standalone mounts: $PEAPOD_RUN/peafs/POD/.
 
 The run directory ($PEAPOD_RUN) is read once, by the command's entry
-(peafs/cli.py main, with ``run_dir_from``), and passed to every function
+(peafs/cli.py main, with kernel/rundir.py), and passed to every function
 here: none reads the environment.
 
     mount.json   the live mount: pod, mountpoint, root, policy, daemon pid,
@@ -24,14 +24,6 @@ from pathlib import Path
 from kernel import mountinfo
 
 MOUNT_FILE = "mount.json"
-
-
-DEFAULT_RUN = Path("/run/peapod")
-
-
-def run_dir_from(environ) -> Path:
-    """$PEAPOD_RUN (default /run/peapod): for a command's entry only."""
-    return Path(environ.get("PEAPOD_RUN") or DEFAULT_RUN)
 
 
 def mounts_dir(run: Path) -> Path:

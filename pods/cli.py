@@ -30,7 +30,7 @@ import os
 import select
 import sys
 
-from kernel import names
+from kernel import names, rundir
 from pods import lifecycle_cmd, rules_cmd, runtime, service_cmd
 from pods.lifecycle_cmd import one_line, shown
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if tail is not None:
         args.cmd = tail
-    args.run = runtime.run_dir_from(os.environ)   # the one read of $PEAPOD_RUN
+    args.run = runtime.RunDir(rundir.run_dir_from(os.environ))   # the one read of $PEAPOD_RUN
     command = args.command
     name = getattr(args, "name", None)
     if name is not None and not names.NAME_RE.match(name):

@@ -29,6 +29,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import rules
+from kernel import rundir
 from pods import runtime
 from pods.rules_cmd import describe
 
@@ -231,7 +232,7 @@ def main() -> int:
     if policy.net is None:
         print(f"demo: {POLICY} has no [pod.net] address to send mail to", file=sys.stderr)
         return 1
-    run = runtime.run_dir_from(os.environ)   # the one read of $PEAPOD_RUN
+    run = runtime.RunDir(rundir.run_dir_from(os.environ))   # the one read of $PEAPOD_RUN
     ip = policy.net.ip
     tag = f"{random.randrange(16**6):06x}"
     say("Pea-Pod demo: Postfix and procmail in the pod \"mail\", split into two peas\n")

@@ -37,17 +37,6 @@ from pathlib import Path
 from kernel.names import NAME_RE
 
 
-DEFAULT_RUN = Path("/run/peapod")
-
-
-def run_dir_from(environ) -> "RunDir":
-    """The run directory a command was given: $PEAPOD_RUN, else /run/peapod.
-    Called once, at a command's entry (pods/cli.py, pods/demo.py); below
-    that, the RunDir is passed down (the daemon gets it as --run-dir), so no
-    library call depends on the environment of the process it runs in."""
-    return RunDir(environ.get("PEAPOD_RUN") or DEFAULT_RUN)
-
-
 class RunDir:
     """One run directory ($PEAPOD_RUN) and what lives in it (see above)."""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel import cgroup, mountinfo
+from kernel import cgroup, mountinfo, rundir
 from peafs import runtime as peafs_runtime
 from pods import control, lifecycle_cmd, limits, runtime
 from pod_support import POD, REPO
@@ -221,8 +221,8 @@ def test_library_calls_use_the_run_dir_they_are_given(shared_pod, monkeypatch, t
     assert not (tmp_path / "wrong").exists()
     # The environment's directory is not consulted either way.
     assert not runtime.RunDir(tmp_path / "wrong").is_alive(shared_pod.name)
-    assert runtime.run_dir_from({}).path == Path("/run/peapod")
-    assert runtime.run_dir_from({"PEAPOD_RUN": "/x"}).path == Path("/x")
+    assert rundir.run_dir_from({}) == Path("/run/peapod")
+    assert rundir.run_dir_from({"PEAPOD_RUN": "/x"}) == Path("/x")
     assert peafs_runtime.find_state(tmp_path / "none", "/mnt") is None
     assert peafs_runtime.pod_dir(Path("/x"), "p") == Path("/x/peafs/p")
 
@@ -248,7 +248,7 @@ def test_only_the_command_entries_read_peapod_run():
                         and node.slice.value == "PEAPOD_RUN"):
                     readers.add(rel)
     assert callers == entries
-    assert readers == {"pods/runtime.py", "peafs/runtime.py"}
+    assert readers == {"kernel/rundir.py"}
 
 
 def test_the_daemon_and_its_children_get_the_run_dir_as_an_argument_not_the_environment(
