@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from kernel.text import escape_controls
+
 AUDIT_NAME = "audit.log"
 
 
@@ -179,27 +181,6 @@ def read_entries(path: Path) -> list[dict]:
         if line.strip():
             out.append(json.loads(line))
     return out
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with every character a terminal could act on written as an
-    escape: C0 controls but newline, DEL, C1 controls (U+0080-U+009F: CSI,
-    OSC...) and lone surrogates (bytes that were not UTF-8). Strings a pod
-    controls (paths, command lines) reach the administrator's terminal
-    only through this: an OSC 52 sequence writes the clipboard, others set
-    the title or rewrite what is on the screen."""
-    out = []
-    for ch in text:
-        o = ord(ch)
-        if (o < 0x20 and ch != "\n") or 0x7F <= o <= 0x9F:
-            out.append(f"\\x{o:02x}")
-        elif 0xDC80 <= o <= 0xDCFF:           # surrogateescape'd byte
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif 0xD800 <= o <= 0xDFFF:
-            out.append(f"\\u{o:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _safe_lines(data: bytes) -> bytes:

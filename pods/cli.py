@@ -31,14 +31,15 @@ import select
 import sys
 
 from kernel import names, rundir
-from pods import lifecycle_cmd, rules_cmd, runtime, service_cmd
+from pods import lifecycle_cmd, runtime
 from pods.lifecycle_cmd import one_line, shown
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-# Modules that contribute subcommands, in the order `pod --help` lists them.
-_GROUPS = [rules_cmd, lifecycle_cmd, service_cmd]
+# Modules that contribute subcommands, in the order `pod --help` lists them
+# (imported by build_parser: `pod exec` needs none but lifecycle_cmd).
+_GROUPS = ["pods.rules_cmd", "pods.lifecycle_cmd", "pods.service_cmd"]
 
 # Commands any user may run: the policy tools read files and print. Every
 # other command creates or reads namespaces, cgroups, mounts and the root-only
@@ -57,7 +58,13 @@ def _err(msg: str) -> None:
         pass
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser tree (pods/docgen.py walks it), or with ``command
+    == "exec"`` the tree with that subcommand alone: what `pod exec` parses
+    (argparse hands every word after "exec" to its parser, so its --help and
+    errors are the same), without importing or building the others."""
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="pod",
         description="Run services in pods (isolated environments) split into peas "
@@ -65,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    if command == "exec":
+        lifecycle_cmd.register_exec(sub)
+        return parser
     for group in _GROUPS:
-        group.register(sub)
+        importlib.import_module(group).register(sub)
     return parser
 
 
@@ -102,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError):
             pass
-    parser = build_parser()
+    parser = build_parser("exec" if argv[:1] == ["exec"] else None)
     tail = None
     if argv[:1] == ["exec"]:
         # Everything after NAME (and exec's own options) is the command:

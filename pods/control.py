@@ -3,7 +3,8 @@
 One datagram = one JSON object, so no framing is needed and the fds a
 message carries arrive with it. Used between `pod` and the daemon
 ($PEAPOD_RUN/pods/NAME/control, mode 0600: only host root may talk to a
-pod's daemon) and between the daemon and each tagger (a socketpair).
+pod's daemon), between the daemon and its tagger (the fork server), and
+between the daemon and each monitor the tagger forks (a socketpair each).
 
 `pod` -> daemon (first message of a connection):
     {"op": "ping"}                                   -> {"ok": true, "name", "init_pid"}
@@ -15,12 +16,16 @@ pod's daemon) and between the daemon and each tagger (a socketpair).
            or {"error": "message", "status": n}
     later on an exec connection: {"op": "signal", "sig": n}, {"op": "winsize", "rows", "cols"}
 
-tagger -> daemon: {"listener": true} + fd (seccomp listener; daemon answers {"ok": true}),
-    {"started": ...}, {"exit": ...} or {"error": ..., "status": n}
-daemon -> tagger: {"signal": n}, {"winsize": [rows, cols]}
+daemon -> tagger: {"op": "spawn", "argv", "uid", "gid", "cgroup", "notify", "pty", "rows",
+    "cols", "term", "ipcns"} + fds [stdin, stdout, stderr, the monitor's socket, pid 1's
+    pidfd, (IPC namespace)]; no answer on that socket (pods/tagger.py)
+monitor -> daemon: {"monitor": pid} + its pidfd (first), {"listener": true} + fd (seccomp
+    listener; daemon answers {"ok": true}), {"started": ...}, {"exit": ...} or
+    {"error": ..., "status": n} (also the tagger's, when it cannot fork)
+daemon -> monitor: {"signal": n}, {"winsize": [rows, cols]}
 
 The start-up handshakes (pods/startup.py: daemon and keeper, keeper's pid 1,
-the tagger's monitor and child) use the same framing over socketpairs:
+the tagger, a monitor and its child) use the same framing over socketpairs:
     {"step": NAME, ...}                        step NAME is done (and its results)
     {"error": TEXT, "step": NAME, "errno": N}  step NAME failed (errno 0: not a
                                                system call); the sender stops

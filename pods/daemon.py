@@ -16,7 +16,8 @@ lock for its whole life (liveness = the flock, see pods/runtime.py) and:
    (steps 1-4 are written, in order with the keeper's, in pods/startup.py)
 5. serves, in one trio nursery: PeaFS, the seccomp-notify supervisor
    (pods/supervisor.py, when present) and the control socket
-   (pods/control.py); each `pod exec` spawns a tagger (pods/tagger.py);
+   (pods/control.py); each `pod exec` is a request to the tagger, the
+   pod's fork server (pods/tagger.py), which forks a monitor for it;
 6. starts the policy's services (pods/services.py) through the tagger and
    tells `pod start` {"ok": true} through the ready pipe once they run (or
    {"error": ...}, what stopped one: control.write_line);
@@ -25,11 +26,14 @@ lock for its whole life (liveness = the flock, see pods/runtime.py) and:
    unmounts, removes cgroups, the veth and every runtime file, and exits.
 
 The daemon never forks to run Python: children are started with
-subprocess (fork+exec). The keeper is started from the trio thread, which
-lives as long as the daemon, so PR_SET_PDEATHSIG in the keeper fires exactly
-when the daemon dies (it fires when the parent *thread* ends). Taggers,
-which set no death signal, are started from worker threads (``spawn``), so
-that a slow fork never holds up the supervisor.
+subprocess (fork+exec). The keeper and the tagger are started from the trio
+thread, which lives as long as the daemon, so PR_SET_PDEATHSIG in them
+fires exactly when the daemon dies (it fires when the parent *thread*
+ends). No fork of the daemon happens per `pod exec`: the tagger, a small
+single-threaded process, forks the monitors; the daemon hands it the
+request and follows the monitor through the pidfd the monitor sends. A
+tagger that dies is replaced (``_watch_tagger``, and ``ensure_tagger``
+before each request); a request it never forked for is sent again once.
 It never touches the PeaFS mount itself (it serves it: a synchronous access
 from this thread would deadlock).
 """
@@ -38,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import functools
 import os
 import shutil
 import signal
@@ -65,13 +68,6 @@ from pods.startup import StartError, child_env, python_command
 from pods.supervisor import Supervisor
 
 
-async def spawn(cmd, **kw) -> subprocess.Popen:
-    """Popen from a worker thread. fork+exec of this large, threaded process
-    takes milliseconds (more under memory pressure): on the main loop it
-    would hold up the supervisor's answers to every pod process."""
-    return await trio.to_thread.run_sync(functools.partial(subprocess.Popen, cmd, **kw))
-
-
 class PodDaemon:
     def __init__(self, policy, run: runtime.RunDir, *, stop_timeout: float = 5.0):
         self.policy = policy
@@ -83,6 +79,12 @@ class PodDaemon:
         self.session = None  # PeaFSSession
         self.supervisor = None
         self.keeper: subprocess.Popen | None = None
+        # The tagger: the pod's fork server (pods/tagger.py), its socket (a
+        # trio socket) and pidfd; restarted under the lock if it dies.
+        self.tagger: subprocess.Popen | None = None
+        self.tagger_sock = None
+        self.tagger_pidfd: int | None = None
+        self._tagger_lock = trio.Lock()
         self.init_pid: int | None = None
         self.init_pidfd: int | None = None
         self.ipc_ns: dict[str, int] = {}          # pea -> fd of its IPC namespace
@@ -202,39 +204,99 @@ class PodDaemon:
                 self.ipc_ns[pea] = fd
             return fd
 
+    async def ensure_tagger(self) -> None:
+        """Restart the tagger if it died (StartError if it cannot start)."""
+        async with self._tagger_lock:
+            if self.tagger is not None and self.tagger.poll() is None:
+                return
+            if self.stopping:
+                raise StartError("the pod is stopping")
+            old = self.tagger
+            print(f"pods.daemon: the tagger (pid {old.pid if old else '?'}) ended "
+                  f"({old.poll() if old else '?'}); starting another", file=sys.stderr)
+            await startup.restart_tagger(self)
+            self.state["tagger_pid"] = self.tagger.pid
+            self.run.write_state(self.name, self.state)
+
+    async def _watch_tagger(self) -> None:
+        """A tagger that dies is replaced at once, not at the next exec."""
+        while not self.stopping:
+            pidfd = self.tagger_pidfd
+            if pidfd is None:
+                return
+            try:
+                await trio.lowlevel.wait_readable(pidfd)
+            except trio.ClosedResourceError:
+                continue         # replaced meanwhile
+            if self.stopping:
+                return
+            try:
+                await self.ensure_tagger()
+            except StartError as e:
+                print(f"pods.daemon: the tagger cannot start again: {e}", file=sys.stderr)
+                return
+
+    async def _send_to_tagger(self, req: dict, fds: list[int]) -> tuple | dict:
+        """Hand one request to the tagger (step B0): (the daemon's end of the
+        new monitor's socket, the monitor's pidfd) once the monitor said
+        {"monitor"}, or the final message. A tagger that
+        died before it forked the monitor is restarted and asked again, once:
+        no monitor of the first request ever ran (its first message is
+        "monitor", before anything of the pod)."""
+        for attempt in (1, 2):
+            try:
+                await self.ensure_tagger()
+            except StartError as e:
+                return {"error": f"the tagger cannot start: {e}", "status": 126}
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                await control.asend_msg(self.tagger_sock, req,
+                                        [*fds[:3], theirs.fileno(), *fds[3:]])
+            except OSError:
+                mine.close()
+                continue          # it died: restart (ensure_tagger) and again
+            finally:
+                theirs.close()
+            tsock = trio.socket.from_stdlib_socket(mine)
+            msg, got = await control.arecv_msg(tsock)
+            if msg is not None and "monitor" in msg and len(got) == 1:
+                return tsock, got[0]
+            for fd in got:
+                os.close(fd)
+            tsock.close()
+            if msg is not None and "error" in msg:
+                return msg
+            if attempt == 1 and (self.tagger is None or self.tagger.poll() is not None):
+                continue
+            break
+        return {"error": "the tagger died before it started the command", "status": 126}
+
     async def run_tagger(self, argv, pea, uid, gid, stdio, *, tty=False, winsize=None,
                          term="", client=None, on_spawned=None, on_started=None) -> dict:
-        """Spawn a tagger for argv, relay its messages; return the final one
-        ({"exit": ...} or {"error": ...}). ``on_spawned()`` runs once the
-        tagger holds its copies of ``stdio``, ``on_started(msg)`` when the
-        program runs (pods/services.py)."""
+        """Have the tagger fork a monitor for argv (pods/tagger.py), relay its
+        messages; return the final one ({"exit": ...} or {"error": ...}).
+        ``on_spawned()`` runs once the monitor holds its copies of ``stdio``
+        (or none ever will), ``on_started(msg)`` when the program runs
+        (pods/services.py)."""
         try:
-            ipc = await self.pea_ipc_ns(pea)
-        except OSError as e:
-            return {"error": f"pea {pea}: {e.strerror or e}", "status": 126}
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cmd = ["--pidfd", str(self.init_pidfd), "--ctl", str(theirs.fileno()),
-               "--uid", str(uid), "--gid", str(gid), "--ipcns", str(ipc)]
-        for f in self.cgroup_files[pea]:
-            cmd += ["--cgroup", f]
-        if self.supervisor is not None:
-            cmd.append("--notify")
-        if tty:
-            rows, cols = (winsize or (0, 0))[:2]
-            cmd += ["--pty", "--rows", str(int(rows)), "--cols", str(int(cols)),
-                    "--term", str(term or "")]
-        cmd += ["--", *argv]
-        try:
-            proc = await spawn(python_command("pods.tagger", *cmd), stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
-                               pass_fds=[self.init_pidfd, theirs.fileno(), ipc],
-                               env=child_env(), cwd="/")
+            try:
+                ipc = await self.pea_ipc_ns(pea)
+            except OSError as e:
+                return {"error": f"pea {pea}: {e.strerror or e}", "status": 126}
+            rows, cols = ((winsize or (0, 0))[:2]) if tty else (0, 0)
+            req = {"op": "spawn", "argv": list(argv), "uid": int(uid), "gid": int(gid),
+                   "cgroup": list(self.cgroup_files[pea]),
+                   "notify": self.supervisor is not None, "pty": bool(tty),
+                   "rows": int(rows or 0), "cols": int(cols or 0),
+                   "term": str(term or "") if tty else "", "ipcns": True}
+            got = await self._send_to_tagger(req, [*stdio, self.init_pidfd, ipc])
         finally:
-            theirs.close()
             if on_spawned is not None:
                 on_spawned()
-        proc_pidfd = os.pidfd_open(proc.pid)
-        tsock = trio.socket.from_stdlib_socket(mine)
-        final: dict = {"error": "the tagger died", "status": 126}
+        if isinstance(got, dict):
+            return got
+        tsock, monitor_pidfd = got
+        final: dict = {"error": "the tagger's monitor died", "status": 126}
         try:
             async with trio.open_nursery() as nursery:
                 if client is not None:
@@ -261,9 +323,12 @@ class PodDaemon:
                 nursery.cancel_scope.cancel()
         finally:
             tsock.close()
-            await trio.lowlevel.wait_readable(proc_pidfd)
-            os.close(proc_pidfd)
-            proc.wait()
+            # The monitor is the tagger's child (the tagger reaps it): its
+            # pidfd says when it is gone.
+            try:
+                await trio.lowlevel.wait_readable(monitor_pidfd)
+            finally:
+                os.close(monitor_pidfd)
         return final
 
     def _add_listener(self, fds: list[int]) -> bool:
@@ -502,9 +567,10 @@ class PodDaemon:
                 listener.listen(64)
                 nursery.start_soon(self._accept, listener, nursery)
                 self.state.update(init_pid=self.init_pid, keeper_pid=self.keeper.pid,
-                                  veth=self.veth)
+                                  tagger_pid=self.tagger.pid, veth=self.veth)
                 self.run.write_state(self.name, self.state)
                 nursery.start_soon(self._watch_init)
+                nursery.start_soon(self._watch_tagger)
                 nursery.start_soon(self._net_audit)
                 nursery.start_soon(self._watch_signals)
                 # `pod start` succeeds only once the services run (honest start).
@@ -581,6 +647,7 @@ class PodDaemon:
             if self.keeper.poll() is None:
                 self.keeper.kill()
                 self.keeper.wait()
+        startup.stop_tagger(self)     # its monitors end with their pod processes
         with trio.move_on_after(10):
             while cgroup.pids_in(self.name) or limits.v1_pids(self.name):
                 limits.kill_all(self.name)
@@ -590,6 +657,7 @@ class PodDaemon:
 
     def cleanup(self) -> None:
         """Everything the pod left: mounts, cgroups, veth, runtime files."""
+        startup.stop_tagger(self)
         for fd in self.ipc_ns.values():
             os.close(fd)
         self.ipc_ns.clear()

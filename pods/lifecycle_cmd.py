@@ -13,20 +13,22 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
-import termios
 import time
-import tty
 from pathlib import Path
 
-from kernel import idmap, names, procfs
-from peafs.audit import escape_controls
+from kernel import names
+from kernel.text import escape_controls
 from pods import control, runtime
+
+# Imported where a command needs them: `pod exec` connects to the daemon
+# without them (python -X importtime -m pods.cli exec ...).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
 
 EXIT_USAGE = 2
 
@@ -216,6 +218,7 @@ def cmd_start(args) -> int:
 
 
 def _spawn_daemon(policy, args, d: Path) -> int:
+    import subprocess
     run = args.run
     from pods.daemon import cleanup_leftovers
     from pods.startup import child_env, python_command
@@ -334,6 +337,8 @@ def _connect(run, name: str) -> socket.socket | None:
 
 
 def _winsize(fd: int) -> list[int]:
+    import termios
+
     try:
         rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
         return [rows, cols]
@@ -423,6 +428,9 @@ def cmd_exec(args) -> int:
     try:
         control.send_msg(s, msg, [0, 1, 2])
         if is_tty:
+            import termios
+            import tty
+
             saved = termios.tcgetattr(0)
             tty.setraw(0)
 
@@ -473,8 +481,8 @@ def cmd_exec(args) -> int:
 
 def pod_processes(run, name: str) -> list[dict]:
     """The pod's processes as seen from the host: only those in the pod's pid
-    namespace (the keeper and tagger monitors are on the host side)."""
-    from kernel import cgroup
+    namespace (the keeper, the tagger and its monitors are on the host side)."""
+    from kernel import cgroup, idmap, procfs
 
     st = run.read_state(name) or {}
     init_pid = st.get("init_pid")
@@ -513,6 +521,8 @@ def _table(rows: list[dict], cols: list[str], fit: bool = False) -> None:
     not write terminal sequences to the administrator's screen, nor a line
     that looks like another process. ``fit``: the last column is cut (with
     "...") so that each line fits the terminal (80 columns when there is none)."""
+    import shutil
+
     cells = [[("" if r.get(c) is None else one_line(str(r.get(c)))) for c in cols]
              for r in rows]
     widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
@@ -696,6 +706,14 @@ def register(sub) -> None:
                         "tells systemd READY=1 through $NOTIFY_SOCKET once the pod runs")
     p.set_defaults(func=cmd_start)
 
+    register_exec(sub)
+    register_rest(sub)
+
+
+def register_exec(sub) -> None:
+    """`pod exec` alone: pods/cli.py builds only this parser when the
+    command is exec (its --help and errors are the same: argparse hands the
+    words after "exec" to this parser either way)."""
     # allow_abbrev off: split_exec_argv knows the options by their full
     # names only, and "--pe" must not pass it as an option with no value.
     p = sub.add_parser("exec", help="run a command in a running pod", allow_abbrev=False,
@@ -714,6 +732,8 @@ def register(sub) -> None:
                         "and gid); default 0")
     p.set_defaults(func=cmd_exec, cmd=[])
 
+
+def register_rest(sub) -> None:
     p = sub.add_parser("ps", help="processes of a pod",
                        description="vpid (pid in the pod), host pid, pea, pod uid, command.")
     p.add_argument("name", metavar="NAME")

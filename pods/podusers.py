@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 from kernel import libc
-from peafs.audit import escape_controls
+from kernel.text import escape_controls
 
 
 class UserError(Exception):

@@ -10,15 +10,13 @@ author verifies a rule before a pod runs under it.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import stat
 import sys
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False      # typing itself costs every command milliseconds
 if TYPE_CHECKING:  # the rule engine is imported where a command needs it:
     import rules   # `pod exec`, `pod ps`, ... start faster without it
 
@@ -277,7 +275,7 @@ def suggest(args: argparse.Namespace) -> int:
     import datetime
 
     import rules
-    from peafs.audit import escape_controls
+    from kernel.text import escape_controls
     from rules import suggest as sg
 
     try:
@@ -329,6 +327,8 @@ def suggest(args: argparse.Namespace) -> int:
     except sg.SuggestError as e:
         return _suggest_error(str(e))
     if not args.write:
+        import difflib
+
         diff = difflib.unified_diff(text.splitlines(keepends=True), new.splitlines(keepends=True),
                                     fromfile=args.policy, tofile=args.policy + " (suggested)")
         # Paths in the diff come from the pod: no terminal escapes through.

@@ -436,10 +436,18 @@ def _build(notify_ret: int) -> bytes:
     return p.assemble(notify_ret)
 
 
+_programs: dict[bool, bytes] = {}
+
+
 def program(notify: bool = True) -> bytes:
     """The filter, as an array of struct sock_filter. Without a supervisor
-    (notify=False) the mediated calls fail with ENOSYS: never let through."""
-    return _build(NOTIFY if notify else RET_ERRNO | errno.ENOSYS)
+    (notify=False) the mediated calls fail with ENOSYS: never let through.
+    Built once per process (the tagger builds both when the pod starts, and
+    its monitors' children inherit them)."""
+    prog = _programs.get(notify)
+    if prog is None:
+        prog = _programs[notify] = _build(NOTIFY if notify else RET_ERRNO | errno.ENOSYS)
+    return prog
 
 
 # ---------------------------------------------------------------- install
@@ -455,7 +463,7 @@ class _SockFprog(ctypes.Structure):
 
 def install(notify: bool = True) -> int | None:
     """Install the pod's filter on the calling thread (the caller must be
-    single-threaded, as the tagger's child is just before exec). Returns the
+    single-threaded, as a monitor's child is just before exec). Returns the
     notification listener fd (O_CLOEXEC) if ``notify``, else None.
 
     With notify=False the mediated calls fail with ENOSYS instead of being

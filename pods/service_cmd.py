@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from peafs.audit import escape_controls
-from pods import control, limits, runtime
+from kernel.text import escape_controls
+from pods import control, runtime
 from pods.lifecycle_cmd import EXIT_USAGE, _connect, _err, find_lasting, pod_processes
 
 
@@ -187,6 +187,8 @@ def pod_status(run, name: str) -> dict | str:
     reply.pop("ok", None)
     reply["processes"] = len(procs)
     reply["processes_per_pea"] = per_pea
+    from pods import limits
+
     reply["usage"] = limits.usage(name)
     return reply
 

@@ -12,13 +12,17 @@ reap or relay):
              namespaces and stays outside its pid namespace
     pid 1    the keeper's child: the pod's first process (pods/init.py then
              reaps orphans in it)
-    monitor  ``pods.tagger``, fork+exec'd by the daemon for every pod process:
-             stays on the host, outside every pod namespace
+    tagger   ``pods.tagger``, the pod's fork server: fork+exec'd by the daemon
+             when the pod starts (and again if it dies), single-threaded, with
+             this module and the filter ready; on the host, outside every pod
+             namespace; forks one monitor per pod process and reaps it
+    monitor  the tagger's child, one per pod process: stays on the host,
+             outside every pod namespace, and relays once CMD runs
     child    the monitor's child: walks into the pod and becomes the command
 
 A. A pod (`pod start`)
     A1 daemon   host_setup       own mount namespace, cgroups, host mounts, PeaFS
-    A2 daemon   spawn_keeper
+    A2 daemon   spawn_keeper, spawn_tagger (the tagger starts up meanwhile: A8)
     A3 keeper   keeper_unshare   death signal, cgroups, net alone, the other
                                  namespaces, root held, host name   -> "unshared"
     A4 daemon   configure_pod    id maps, default pea, veth, network rules -> "go"
@@ -26,11 +30,20 @@ A. A pod (`pod start`)
     A6 pid 1    pid1_enter_root  /proc, /dev, pivot_root             -> "ready"
     A7 daemon   hold_pid1        a pidfd, checked to be pid 1 of the keeper's
                                  pid namespace: the handle on the pod
-    (start_pod drives A2-A7 from the daemon, keeper() from the keeper.)
+    A8 tagger   tagger_ready     death signal, the filter programs built -> "ready"
+                                 (the daemon waits for it after A7)
+    (start_pod drives A2-A8 from the daemon, keeper() from the keeper.)
     The daemon then starts the supervisor, the control socket and the
-    policy's services (pods/daemon.py, serve).
+    policy's services (pods/daemon.py, serve). If the tagger dies, the
+    daemon starts another (A2, A8: restart_tagger) before the next request.
 
 B. A process in a pod (`pod exec`, every service)
+    B0 tagger   a request from the daemon (pods/daemon.py, run_tagger): argv,
+                pea's cgroups, user, tty, and by SCM_RIGHTS the caller's
+                stdio, the monitor's control socket, pid 1's pidfd, the
+                pea's IPC namespace; fork
+       monitor  monitor_descriptors: the request's stdio on 0-2, every other
+                descriptor of the tagger closed      -> "monitor" + its pidfd
     B1 monitor  setns(PID) of pid 1's pidfd; fork
     B2 child    not dumpable
     B3 child    the pea's and the limits' cgroups; vm.memfd_noexec = 2
@@ -42,7 +55,8 @@ B. A process in a pod (`pod exec`, every service)
        monitor  takes the listener (pidfd_getfd), hands it to the daemon's
                 supervisor                                            -> "go"
     B9 child    exec CMD; the handshake socket closes with the exec (CLOEXEC)
-    (start_in_pod drives B1-B9 from the monitor; the tagger then relays.)
+    (pods/tagger.py serve drives B0; start_in_pod drives B1-B9 from the
+    monitor, which then relays.)
 
 Handshakes: the control protocol's JSON messages and framing
 (pods/control.py): one SOCK_SEQPACKET datagram = one object, descriptors by
@@ -55,14 +69,16 @@ nothing stays behind (the daemon's cleanup, or the monitor killing its
 child).
 
 Imports: the keeper and the tagger run with ``python -S`` and import this
-module, so it imports at the top only what the tagger needs (a pod
-process's start-up time is every `pod exec`'s). The daemon's steps import
+module, so it imports at the top only what the tagger needs. The tagger
+imports it once, when the pod starts: its monitors are forks of it, and a
+pod process's start costs no Python start-up. The daemon's steps import
 the daemon's modules (trio, PeaFS, cgroups, BPF) inside; the keeper imports
 its own (network, root file system) first thing, as host root. Nothing is
 imported once a process is pod root or in the pod's mount namespace: the
-interpreter's library may be out of their reach (under /root, mode 0700). The filter module is imported at the top,
-without a fallback: a pod process never runs without its filter (fail
-closed; tests/pods/test_host_safety.py).
+interpreter's library may be out of their reach (under /root, mode 0700).
+The filter module is imported at the top, without a fallback: a pod
+process never runs without its filter (fail closed;
+tests/pods/test_host_safety.py).
 """
 
 from __future__ import annotations
@@ -226,6 +242,27 @@ def spawn_keeper(d) -> socket.socket:
         d.keeper = subprocess.Popen(python_command("pods.init", *args),
                                     pass_fds=[theirs.fileno()], env=child_env(),
                                     stdin=subprocess.DEVNULL, cwd="/")
+    finally:
+        theirs.close()
+    return mine
+
+
+def spawn_tagger(d) -> socket.socket:
+    """A2, the tagger: fork+exec of ``pods.tagger``, the pod's fork server
+    (a fresh single-threaded process: none of the daemon's threads, trio
+    state or descriptors). From the daemon's main thread, like the keeper:
+    its PR_SET_PDEATHSIG (A8) fires when the thread that forked it ends.
+    Sets ``d.tagger`` (the Popen); returns the daemon's end of its socket,
+    which carries the handshake, then the requests (B0)."""
+    import subprocess
+
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        # stdout and stderr: the daemon's (daemon.log), for a traceback.
+        d.tagger = subprocess.Popen(
+            python_command("pods.tagger", "--sock", str(theirs.fileno()),
+                           "--daemon-pid", str(os.getpid())),
+            pass_fds=[theirs.fileno()], env=child_env(), stdin=subprocess.DEVNULL, cwd="/")
     finally:
         theirs.close()
     return mine
@@ -432,10 +469,88 @@ def check_pid1(d) -> None:
         raise StartError("pod setup: pid 1 vanished")
 
 
-# -- the drivers: A2-A7 from the daemon, A3 and A5 from the keeper ------------------------
+# -- A8. tagger: ready to fork monitors ---------------------------------------------------
+
+def tagger_ready(args, sock: socket.socket) -> None:
+    """A8, in the tagger (the fork server), before its first request."""
+    # A8a. Die with the daemon (PR_SET_PDEATHSIG fires when the thread that
+    # forked us ends: the daemon's main thread). Prevents: a fork server
+    # holding a pod's descriptors after its daemon.
+    ns.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != args.daemon_pid:
+        raise OSError(errno.ESRCH, "the daemon went away")
+    # A8b. Nothing but 0-2 and the daemon's socket (Popen closed the rest:
+    # checked, a monitor must inherit nothing it was not sent).
+    _close_all_but({0, 1, 2, sock.fileno()})
+    # A8c. What every pod process needs, computed once: the filter programs
+    # (with a listener, and without: a daemon without supervisor).
+    _seccomp.program(True)
+    _seccomp.program(False)
+    control.send_msg(sock, control.step_msg("ready"))
+
+
+async def tagger_started(d, sock: socket.socket) -> None:
+    """The daemon's side of A8: the tagger's "ready", within 30 s; then its
+    socket is ``d.tagger_sock`` (a trio socket) and its pidfd
+    ``d.tagger_pidfd``. A failure is a StartError naming the step."""
+    import trio
+
+    def gone() -> str:
+        try:
+            status = d.tagger.wait(timeout=2)
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
+            status = d.tagger.poll()
+        return f"the tagger ended ({_exit_text(status)}); see {d.dir / 'daemon.log'}"
+
+    tsock = trio.socket.from_stdlib_socket(sock)
+    try:
+        with trio.fail_after(30):
+            _, fds = await control.arecv_step(tsock, "ready", gone)
+    except control.ProtocolError as e:
+        tsock.close()
+        raise StartError(f"pod setup: tagger: {e}") from None
+    except BaseException:
+        tsock.close()
+        raise
+    for fd in fds:
+        os.close(fd)
+    d.tagger_sock = tsock
+    d.tagger_pidfd = os.pidfd_open(d.tagger.pid)
+
+
+def stop_tagger(d) -> None:
+    """The tagger killed and reaped, its socket and pidfd closed (a stop, or
+    a restart). Its running monitors go on: each holds its own socket to
+    the daemon."""
+    import trio
+
+    if d.tagger is not None:
+        if d.tagger.poll() is None:
+            d.tagger.kill()
+        d.tagger.wait()
+    if d.tagger_sock is not None:
+        d.tagger_sock.close()
+        d.tagger_sock = None
+    if d.tagger_pidfd is not None:
+        try:
+            trio.lowlevel.notify_closing(d.tagger_pidfd)
+        except RuntimeError:       # outside trio (cleanup)
+            pass
+        os.close(d.tagger_pidfd)
+        d.tagger_pidfd = None
+
+
+async def restart_tagger(d) -> None:
+    """A2 and A8 again, when the tagger died: the dead one reaped, a new one
+    started from the main thread and awaited."""
+    stop_tagger(d)
+    await tagger_started(d, spawn_tagger(d))
+
+
+# -- the drivers: A2-A8 from the daemon, A3 and A5 from the keeper ------------------------
 
 async def start_pod(d) -> None:
-    """The daemon's side of steps A2-A7 (after A1, before the supervisor)."""
+    """The daemon's side of steps A2-A8 (after A1, before the supervisor)."""
     import trio
 
     def gone() -> str:
@@ -455,6 +570,7 @@ async def start_pod(d) -> None:
         return msg
 
     sock = trio.socket.from_stdlib_socket(spawn_keeper(d))          # A2
+    tagger_sock = spawn_tagger(d)                                    # A2 (tagger)
     try:
         with trio.fail_after(30):
             await expect("unshared")                                 # A3 (keeper)
@@ -468,6 +584,7 @@ async def start_pod(d) -> None:
     finally:
         sock.close()
     check_pid1(d)                                                    # A7b
+    await tagger_started(d, tagger_sock)                             # A8 (tagger)
 
 
 def keeper(args) -> int:
@@ -543,6 +660,24 @@ def _close_all_but(keep: set[int]) -> None:
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, 0x7FFFFFFF)
+
+
+# -- B0. tagger and monitor: a request, a fork, the monitor's descriptors -------------
+
+def monitor_descriptors(server: socket.socket, stdio: list[int], keep: list[int]) -> None:
+    """B0, in the monitor just forked by the tagger (pods/tagger.py serve):
+    the request's stdio on 0-2, and every other descriptor closed but
+    ``keep`` (the request's control socket, pid 1's pidfd, the pea's IPC
+    namespace). Prevents: a descriptor of the tagger (its socket to the
+    daemon, the pidfds of its other monitors, another request's files)
+    reaching a monitor, hence a pod process (B7 closes what is left before
+    the exec, this leaves nothing for B7 to miss). Then SIGPIPE as a
+    program expects it (Python ignores it), for the child's exec."""
+    server.close()     # the socket object first: its fd must not be closed twice
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)
+    _close_all_but({0, 1, 2, *keep})
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
 # -- B1. monitor: the pod's pid namespace, for our children only ----------------------

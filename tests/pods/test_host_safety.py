@@ -94,8 +94,10 @@ print(json.dumps({"target": target, "results": sorted(results)}))
 '''
 
 
-def _daemon_pid(pod) -> int:
-    return pod.state()["daemon_pid"]
+def _tagger_pid(pod) -> int:
+    """The pod's fork server, which forks every monitor (strace -f on it
+    follows the monitors and their children)."""
+    return pod.state()["tagger_pid"]
 
 
 @pytest.mark.parametrize("tty", [False, True], ids=["no-tty", "tty"])
@@ -115,19 +117,18 @@ def test_pod_exec_child_is_never_host_root_and_reachable_from_the_pod(pods, tty)
     assert watcher.stdout.readline().strip() == "ready", watcher.stderr.read()
     tracer = subprocess.Popen(
         ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=setsid",
-         "-e", "inject=setsid:delay_enter=3000000", "-p", str(_daemon_pid(pod))],
+         "-e", "inject=setsid:delay_enter=3000000", "-p", str(_tagger_pid(pod))],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        # Until strace has attached to the daemon (bounded): only then is
-        # the tagger it spawns followed.
+        # Until strace has attached to the tagger (bounded): only then is
+        # the monitor it forks followed.
         for _ in range(200):
-            with open(f"/proc/{_daemon_pid(pod)}/status") as f:
+            with open(f"/proc/{_tagger_pid(pod)}/status") as f:
                 if f"TracerPid:\t{tracer.pid}\n" in f.read():
                     break
             time.sleep(0.05)
         else:
             pytest.fail(f"strace did not attach: {tracer.stderr.read1(4096)!r}")
-        time.sleep(0.3)        # and to the daemon's other threads
         if tty:
             master, slave = os.openpty()
             try:
@@ -140,9 +141,9 @@ def test_pod_exec_child_is_never_host_root_and_reachable_from_the_pod(pods, tty)
             target = subprocess.Popen(POD_CMD + ["exec", pod.name, "--", "/bin/true"],
                                       env=pods.env(), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        # Everything the traced daemon does is slow (strace stops each of its
-        # system calls), hence the generous bounds; the watcher returns as
-        # soon as it has tried the child.
+        # Everything the traced tagger and monitor do is slow (strace stops
+        # each of their system calls), hence the generous bounds; the watcher
+        # returns as soon as it has tried the child.
         assert target.wait(timeout=120) == 0
         out, err = watcher.communicate(timeout=120)
     finally:
@@ -155,7 +156,7 @@ def test_pod_exec_child_is_never_host_root_and_reachable_from_the_pod(pods, tty)
                 p.kill()
                 p.wait()
     seen = json.loads(out.strip().splitlines()[-1])
-    assert seen["target"], f"the watcher never saw the tagger's child: {err}"
+    assert seen["target"], f"the watcher never saw the monitor's child: {err}"
     # EFAULT (or OK) would mean the kernel let pod root into a host-root
     # process; ESRCH: not yet a pod process (before its cgroup join).
     assert set(seen["results"]) - {"ESRCH"} == {"EPERM"}, seen

@@ -341,3 +341,24 @@ def test_the_pod_command_does_not_import_the_daemons_modules():
                         "'pods.services', 'pods.supervisor') if m in sys.modules))"],
                        capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (0, "[]\n", "")
+
+
+def test_pod_exec_imports_only_what_it_needs_before_it_connects(tmp_path):
+    """`pod exec` is on the path of every command run in a pod: up to its
+    connect it imports the exec client's parser, the control protocol and
+    the run directory, not the other commands' modules, PeaFS, the rule
+    engine or the heavier standard modules (python -X importtime -m
+    pods.cli exec ...). -S: the interpreter's own site imports aside.
+    (shutil is argparse's: it imports it for every parser with arguments.)"""
+    code = ("import sys\n"
+            f"sys.path.insert(0, {str(REPO)!r})\n"
+            "import pods.cli\n"
+            "status = pods.cli.main(['exec', 'nopod', 'true'])\n"
+            "bad = ('pods.rules_cmd', 'pods.service_cmd', 'pods.limits', 'peafs', 'rules', "
+            "'trio', 'subprocess', 'ctypes', 'typing', 'difflib', 'datetime', "
+            "'threading', 'termios', 'tty')\n"
+            "print(status, sorted(m for m in bad if m in sys.modules))\n")
+    env = {"PATH": os.environ["PATH"], "PEAPOD_RUN": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                       timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert (r.stdout, r.stderr) == ("2 []\n", "pod: pod nopod is not running\n"), r

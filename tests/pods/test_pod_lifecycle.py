@@ -53,7 +53,7 @@ def _nothing_left(pod) -> None:
 def _pod_host_pids(pod) -> list[int]:
     st = pod.state()
     return sorted(set(cgroup.pids_in(pod.name)) | {st["daemon_pid"], st["keeper_pid"],
-                                                   st["init_pid"]})
+                                                   st["tagger_pid"], st["init_pid"]})
 
 
 def _sleeps(pids: list[int]) -> int:

@@ -6,7 +6,7 @@
 - A keeper or pid 1 that dies or fails at a step (strace kills it, or fails
   its system call) makes `pod start` fail with that step's name and leaves
   nothing behind: no process, cgroup, mount or runtime directory.
-- A tagger child that dies or fails before its command runs makes `pod
+- A monitor's child that dies or fails before its command runs makes `pod
   exec` fail (126) with the step's name and leaves no process in the pea.
 - $PEAPOD_RUN is read at the command's entry only: library calls take the
   run directory, the daemon gets it as an argument, and its children are
@@ -171,18 +171,19 @@ def test_a_failed_step_of_the_keeper_or_pid1_is_named_and_leaves_nothing(
 # -- faults at each step of a pod process's start -------------------------------------
 
 def _exec_with_fault(pod, syscall: str, fault: str):
-    daemon = pod.state()["daemon_pid"]
+    # The tagger (the pod's fork server) forks every monitor: strace -f on
+    # it follows the monitor and its child.
+    tagger = pod.state()["tagger_pid"]
     tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
-                               "-e", f"inject={syscall}:{fault}", "-p", str(daemon)],
+                               "-e", f"inject={syscall}:{fault}", "-p", str(tagger)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(200):
-            if f"TracerPid:\t{tracer.pid}\n" in Path(f"/proc/{daemon}/status").read_text():
+            if f"TracerPid:\t{tracer.pid}\n" in Path(f"/proc/{tagger}/status").read_text():
                 break
             time.sleep(0.05)
         else:
             pytest.fail(f"strace did not attach: {tracer.stderr.read1(4096)!r}")
-        time.sleep(0.3)        # and to the daemon's other threads
         return pod.exec("/bin/true", timeout=120)
     finally:
         tracer.terminate()
