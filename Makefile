@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 # compiler, bindfs and bubblewrap (benchmark peers), iproute2 (veth pairs).
 DEBS   := fuse3 libfuse3-dev pkg-config gcc bindfs bubblewrap iproute2 procps strace
 
-.PHONY: all deps venv demo test unit e2e bench clean man completion install uninstall
+.PHONY: all deps venv demo test unit e2e bench clean man completion install uninstall criu
 
 all: test
 
@@ -66,6 +66,12 @@ unit: deps
 # install Postfix, procmail, Apache and MariaDB when missing.
 e2e: deps
 	$(PY) -m pytest -q tests/e2e
+
+# CRIU >= 4.1 for checkpoint/restore (docs/MIGRATION.md): the system's if it is
+# new enough and passes `criu check`, else built from Debian trixie's source
+# package into /usr/local/lib/peapod/criu. Idempotent; ~0.1 s when done.
+criu:
+	contrib/criu/install-criu
 
 bench: deps
 	@echo "usage: $(PY) -m bench NAME   (see bench/README.md)"
