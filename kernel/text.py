@@ -27,3 +27,15 @@ def escape_controls(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def one_line(text: str) -> str:
+    """``text`` for one line of output: every control escaped, newline too,
+    so that a string a pod chose (a command line, a path) can neither act on
+    the administrator's terminal nor forge a line of its own."""
+    return escape_controls(text).replace("\n", "\\n")
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for a message, by one_line."""
+    return f'"{one_line(text)}"'

@@ -31,14 +31,12 @@ import select
 import sys
 
 from kernel import names, rundir
-from pods import lifecycle_cmd, runtime
-from pods.lifecycle_cmd import one_line, shown
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+from kernel.text import one_line, shown
+from pods import runtime
+from pods.cliout import EXIT_FAILED, EXIT_USAGE, err as _err
 
 # Modules that contribute subcommands, in the order `pod --help` lists them
-# (imported by build_parser: `pod exec` needs none but lifecycle_cmd).
+# (imported by build_parser: `pod exec` needs none of them, only pods/exec_cmd.py).
 _GROUPS = ["pods.rules_cmd", "pods.lifecycle_cmd", "pods.service_cmd"]
 
 # Commands any user may run: the policy tools read files and print. Every
@@ -49,13 +47,6 @@ NO_ROOT_NEEDED = {"rules"}
 
 NAME_RULE = ("a pod name is a lowercase letter, then at most 30 lowercase letters, "
              "digits and '-'")
-
-
-def _err(msg: str) -> None:
-    try:
-        print(f"pod: {msg}", file=sys.stderr, flush=True)
-    except OSError:  # stderr closed too: the exit status says it all
-        pass
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -73,7 +64,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     if command == "exec":
-        lifecycle_cmd.register_exec(sub)
+        from pods import exec_cmd
+
+        exec_cmd.register_exec(sub)
         return parser
     for group in _GROUPS:
         importlib.import_module(group).register(sub)
@@ -117,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["exec"]:
         # Everything after NAME (and exec's own options) is the command:
         # argparse would take its options (ls -ld) for exec's.
-        argv, tail = lifecycle_cmd.split_exec_argv(argv)
+        from pods import exec_cmd
+
+        argv, tail = exec_cmd.split_exec_argv(argv)
     args = parser.parse_args(argv)
     if tail is not None:
         args.cmd = tail

@@ -92,7 +92,7 @@ def reload(args) -> int:
     """`pod rules reload NAME [POLICY]`: the daemon checks and applies it."""
     run = args.run
     from pods import control
-    from pods.lifecycle_cmd import _connect, _err
+    from pods.cliout import connect as _connect, err as _err
 
     if os.geteuid() != 0:
         _err("rules reload needs root (it talks to the pod's daemon)")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from kernel.text import escape_controls
 from pods import control, runtime
-from pods.lifecycle_cmd import EXIT_USAGE, _connect, _err, find_lasting, pod_processes
+from pods.cliout import EXIT_USAGE, connect as _connect, err as _err
+from pods.lifecycle_cmd import find_lasting, pod_processes
 
 
 def _when(t) -> str:
