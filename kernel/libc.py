@@ -91,3 +91,13 @@ def openat2(dirfd: int, path: str | bytes, flags: int, resolve: int, mode: int =
                        ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
                        ctypes.c_size_t(ctypes.sizeof(how)))
     return check(fd, os.fsdecode(path))
+
+
+def close_all_but(keep: set[int]) -> None:
+    """Close every descriptor from 3 up except those in ``keep``
+    (os.closerange is the close_range(2) system call: one call a gap)."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 0x7FFFFFFF)

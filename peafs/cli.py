@@ -198,6 +198,14 @@ def cmd_run(args) -> int:
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
             os.chdir(mp)
+            # CMD gets 0-2 only, as a pod process does (pods/startup.py, B7):
+            # a descriptor inherited from whoever ran `peafs run` (a
+            # directory of the host, say) would reach files beside the
+            # mount with no rule asked. What `peafs run` does not do that a
+            # pod does: no pod namespaces and no seccomp filter (standalone
+            # PeaFS has no supervisor); it is PeaFS's own tool, for file
+            # rules (docs/ARCHITECTURE.md, "Commands and runtime state").
+            libc.close_all_but({0, 1, 2})
             os.execvp(cmd[0], cmd)
         except BaseException as e:  # noqa: BLE001
             try:

@@ -481,7 +481,7 @@ def tagger_ready(args, sock: socket.socket) -> None:
         raise OSError(errno.ESRCH, "the daemon went away")
     # A8b. Nothing but 0-2 and the daemon's socket (Popen closed the rest:
     # checked, a monitor must inherit nothing it was not sent).
-    _close_all_but({0, 1, 2, sock.fileno()})
+    libc.close_all_but({0, 1, 2, sock.fileno()})
     # A8c. What every pod process needs, computed once: the filter programs
     # (with a listener, and without: a daemon without supervisor).
     _seccomp.program(True)
@@ -652,16 +652,6 @@ def _seal_memfds() -> None:
         os.close(fd)
 
 
-def _close_all_but(keep: set[int]) -> None:
-    """Close every descriptor from 3 up except those in ``keep``
-    (os.closerange is the close_range(2) system call: one call a gap)."""
-    low = 3
-    for fd in sorted(k for k in keep if k >= 3):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 0x7FFFFFFF)
-
-
 # -- B0. tagger and monitor: a request, a fork, the monitor's descriptors -------------
 
 def monitor_descriptors(server: socket.socket, stdio: list[int], keep: list[int]) -> None:
@@ -676,7 +666,7 @@ def monitor_descriptors(server: socket.socket, stdio: list[int], keep: list[int]
     server.close()     # the socket object first: its fd must not be closed twice
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
-    _close_all_but({0, 1, 2, *keep})
+    libc.close_all_but({0, 1, 2, *keep})
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
@@ -792,7 +782,7 @@ def child_steps(args, sync: socket.socket) -> None:
         # descriptors passed to us (the control socket among them) can have
         # any number. Prevents: a leaked control socket letting CMD talk to
         # the daemon as its tagger.
-        _close_all_but({0, 1, 2, sync.fileno()})
+        libc.close_all_but({0, 1, 2, sync.fileno()})
         # CMD starts with the usual 022, whatever the thread that spawned
         # us had (PeaFS's serving thread runs with 0, in a file-system
         # context of its own, and a worker thread it made may have started

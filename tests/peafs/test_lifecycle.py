@@ -244,3 +244,20 @@ print(os.path.exists(p), open(p).read() if os.path.exists(p) else "")
             p.kill()
             p.wait()
     assert out.split() == ["True", "made", "on", "the", "host"]
+
+
+def test_peafs_run_gives_cmd_no_descriptor_but_its_stdio(peafs_mount, tmp_path):
+    # A directory descriptor of the host inherited by CMD would reach files
+    # beside the mount without any rule being asked (openat on it).
+    m = peafs_mount('[pea.a.files]\n"/" = "rwx"\n')
+    (tmp_path / "beside").write_text("host file beside the mount")
+    host_dir = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        proc = m.py("import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))",
+                    "a", pass_fds=(host_dir,))
+    finally:
+        os.close(host_dir)
+    assert proc.returncode == 0, proc.stderr
+    # 0-2, and the descriptor listdir itself opened.
+    assert json.loads(proc.stdout)[:3] == [0, 1, 2]
+    assert len(json.loads(proc.stdout)) == 4
