@@ -232,15 +232,19 @@ class HostLeg:
             time.sleep(0.1)
             left = self._mine()
         self.proc = None
+        out = []
         if left:
-            return [f"{self.name} Postfix processes {left}"]
-        try:
-            self.cgroup.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            return [f"cgroup {self.cgroup}: {e.strerror}"]
-        return self.bindfs.stop() if self.bindfs is not None else []
+            out.append(f"{self.name} Postfix processes {left}")
+        else:
+            try:
+                self.cgroup.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                out.append(f"cgroup {self.cgroup}: {e.strerror}")
+        if self.bindfs is not None:
+            out += self.bindfs.stop()   # even with processes left: lazily then
+        return out
 
 
 # ------------------------------------------------------------------ the workload
