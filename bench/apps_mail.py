@@ -1,8 +1,8 @@
-"""Mail throughput: Postfix + procmail in the mail pod vs the same on the host.
+"""Mail throughput: Postfix + procmail in the mail pod, on bindfs and on the host.
 
-``rows(args) -> list[dict]`` (called by bench/apps.py), as root. Both legs run
-in the same run, alternated (host, pod, host, pod, ...), on the same root
-tree and the same configuration:
+``rows(args) -> list[dict]`` (called by bench/apps.py), as root. The three
+legs run in the same run, rotated (host, bindfs, pod; bindfs, pod, host;
+...), on the same root tree and the same configuration:
 
 - pod: a copy of examples/mail/pod.toml (its own name, root under a tmp
   dir, [pod.net] address, id range and $PEAPOD_RUN), built and started by
@@ -23,6 +23,13 @@ tree and the same configuration:
   root is "/", away from it.) The host leg runs in a cgroup of its own
   named ``benchmail-host-PID`` (removed at the end), so procmailrc's stamp
   has a value there too and its processes are easy to account for.
+- bindfs: a third root built the same way, on another port of 127.0.0.1,
+  with the policy's [[pod.mount]] directories bound into it on the host
+  and the root then served by bindfs (bench/common.py); the host leg's
+  chroot is entered in the bindfs mount (cgroup ``benchmail-bindfs-PID``).
+  Every file access pays FUSE and none pays PeaFS's rules, the peas or
+  the namespaces: bindfs/host is the FUSE floor, pod/bindfs what the pod
+  adds above it.
 
 Each leg: N messages (1 000; ``--quick``: 100) to alice over SMTP from
 CONNECTIONS parallel sessions on the host, timed from the first connect to
@@ -40,7 +47,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import signal
 import smtplib
 import socket
@@ -50,9 +56,10 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from email.message import EmailMessage
 from pathlib import Path
+
+from bench import common
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "examples" / "mail" / "setup"
@@ -119,22 +126,34 @@ class PodLeg:
 
 
 class HostLeg:
-    name = "host"
+    """The host leg, or with ``bindfs=True`` the bindfs leg: the same
+    chroot, into bindfs of the root (bench/common.py) rather than the root
+    itself; the policy's host directories are then bound into the root
+    before bindfs serves it, so they too are reached through FUSE."""
 
-    def __init__(self, base: Path):
-        self.root = base / "host-root"
+    def __init__(self, base: Path, bindfs: bool = False):
+        self.name = "bindfs" if bindfs else "host"
+        self.root = base / f"{self.name}-root"
         self.ip = "127.0.0.1"
         self.port = _examplelib().free_port()
-        self.policy = _policy_copy(base / "host.toml", name="benchmailhost", root=self.root,
-                                   address="10.88.0.2/24", id_base=400_000_000)
+        self.policy = _policy_copy(base / f"{self.name}.toml", name=f"benchmail{self.name}",
+                                   root=self.root, address="10.88.0.2/24", id_base=400_000_000)
         self.env = dict(os.environ, PYTHONPATH=str(REPO),
-                        PEAPOD_RUN=str(base / "host-run"))
+                        PEAPOD_RUN=str(base / f"{self.name}-run"))
+        # Counted in the root itself, not through bindfs: the count is not the leg's work.
         self.mailbox = self.root / "var" / "mail" / "alice"
         self.proc: subprocess.Popen | None = None
         from kernel import cgroup
-        self.cgroup = cgroup.cgroup2_root() / f"benchmail-host-{os.getpid()}"
-        with open(self.policy, "rb") as f:
-            self.mounts = [(m["host"], m["path"]) for m in tomllib.load(f)["pod"].get("mount", [])]
+        self.cgroup = cgroup.cgroup2_root() / f"benchmail-{self.name}-{os.getpid()}"
+        mounts = common.policy_mounts(self.policy)
+        if bindfs:
+            self.bindfs = common.BindfsRoot(self.root, base / "bindfs-mnt", mounts)
+            self.chroot = self.bindfs.mnt
+            self.mounts: list[tuple[str, str]] = []
+        else:
+            self.bindfs = None
+            self.chroot = self.root
+            self.mounts = [(m.host, m.path) for m in mounts]
 
     def build(self) -> None:
         _run([SETUP, "--policy", self.policy, "--no-start"], self.env, timeout=1800)
@@ -145,8 +164,13 @@ class HostLeg:
             raise RuntimeError(f"{master_cf}: no smtp inet service")
         master_cf.write_text(text)
 
+    def mount(self) -> None:
+        """The bindfs leg's root: mounted (before the pod starts; see rows())."""
+        if self.bindfs is not None:
+            self.bindfs.start()
+
     def start(self) -> None:
-        r = self.root
+        r = self.chroot
         self.cgroup.mkdir(exist_ok=True)
         lines = ["set -e", f"echo $$ > '{self.cgroup}/cgroup.procs'"]
         for host, path in self.mounts:
@@ -164,13 +188,14 @@ class HostLeg:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"host Postfix exited: {self.proc.stderr.read().decode()[-500:]}")
+                raise RuntimeError(f"{self.name} Postfix exited: "
+                                   f"{self.proc.stderr.read().decode()[-500:]}")
             try:
                 with socket.create_connection((self.ip, self.port), timeout=2):
                     return
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError(f"host Postfix does not answer on {self.ip}:{self.port}")
+        raise RuntimeError(f"{self.name} Postfix does not answer on {self.ip}:{self.port}")
 
     def _mine(self) -> list[int]:
         """Processes whose root is this leg's root or in its cgroup (all ours)."""
@@ -181,7 +206,7 @@ class HostLeg:
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
-                    if (os.readlink(f"/proc/{entry}/root") == str(self.root)
+                    if (os.readlink(f"/proc/{entry}/root") == str(self.chroot)
                             and int(entry) not in pids):
                         pids.append(int(entry))
                 except OSError:
@@ -207,15 +232,19 @@ class HostLeg:
             time.sleep(0.1)
             left = self._mine()
         self.proc = None
+        out = []
         if left:
-            return [f"host Postfix processes {left}"]
-        try:
-            self.cgroup.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            return [f"cgroup {self.cgroup}: {e.strerror}"]
-        return []
+            out.append(f"{self.name} Postfix processes {left}")
+        else:
+            try:
+                self.cgroup.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                out.append(f"cgroup {self.cgroup}: {e.strerror}")
+        if self.bindfs is not None:
+            out += self.bindfs.stop()   # even with processes left: lazily then
+        return out
 
 
 # ------------------------------------------------------------------ the workload
@@ -288,46 +317,52 @@ def rows(args) -> list[dict]:
     reps = 1 if quick else 2
     base = Path(tempfile.mkdtemp(prefix="bench-mail-", dir="/var/tmp"))
     os.chmod(base, 0o755)
-    pod, host = PodLeg(base), HostLeg(base)
-    results: dict[str, list[dict]] = {"host": [], "pod": []}
+    pod, host, bindfs = PodLeg(base), HostLeg(base), HostLeg(base, bindfs=True)
+    legs = (host, bindfs, pod)
+    results: dict[str, list[dict]] = {leg.name: [] for leg in legs}
     left: list[str] = []
     try:
         host.build()
+        bindfs.build()
+        # bindfs is mounted before the pod starts: the pod daemon's mount
+        # namespace, a copy of the host's, detaches it at once.
+        bindfs.mount()
         pod.start()          # installs postfix/procmail if missing, builds, starts
         host.start()
-        for _ in range(reps):
-            for leg in (host, pod):
+        bindfs.start()
+        for i in range(reps):
+            for leg in legs[i % 3:] + legs[:i % 3]:   # rotated
                 results[leg.name].append(_one(leg, n))
     finally:
         left += host.stop()
+        left += bindfs.stop()
         left += pod.stop()
         if not left:
-            shutil.rmtree(base, ignore_errors=True)
+            left += common.remove_tree(base)
     if left:
         raise RuntimeError(f"apps_mail left behind: {left} (in {base})")
 
     def med(leg, key):
         return statistics.median(r[key] for r in results[leg])
 
+    def row(what, unit, value):
+        got = {leg: value(leg) for leg in ("pod", "bindfs", "host")}
+        out = {"app": "mail", "what": what, **got, "unit": unit}
+        for a, b in (("pod", "host"), ("bindfs", "host"), ("pod", "bindfs")):
+            out[f"{a}/{b}"] = got[a] / got[b]
+        return out
+
     out = []
-    for what, key, unit in (("SMTP accept", "accept_s", "msg/s"),
-                            ("delivered to mailbox", "deliver_s", "msg/s")):
-        rate = {leg: n / med(leg, key) for leg in ("pod", "host")}
-        out.append({"app": "mail", "what": f"{what} ({n} msgs, {CONNECTIONS} sessions)",
-                    "pod": rate["pod"], "host": rate["host"], "unit": unit,
-                    "pod/host": rate["pod"] / rate["host"]})
-    out.append({"app": "mail", "what": f"time until 99% of {n} delivered",
-                "pod": med("pod", "deliver99_s"), "host": med("host", "deliver99_s"),
-                "unit": "s", "pod/host": med("pod", "deliver99_s") / med("host", "deliver99_s")})
-    out.append({"app": "mail", "what": f"time until all {n} delivered",
-                "pod": med("pod", "deliver_s"), "host": med("host", "deliver_s"), "unit": "s",
-                "pod/host": med("pod", "deliver_s") / med("host", "deliver_s")})
-    out.append({"app": "mail", "what": "delivered / stamped (all runs)",
-                "pod": f"{sum(r['delivered'] for r in results['pod'])}/"
-                       f"{sum(r['stamped'] for r in results['pod'])}",
-                "host": f"{sum(r['delivered'] for r in results['host'])}/"
-                        f"{sum(r['stamped'] for r in results['host'])}",
-                "unit": f"of {n * reps}", "pod/host": None})
+    for what, key in (("SMTP accept", "accept_s"), ("delivered to mailbox", "deliver_s")):
+        out.append(row(f"{what} ({n} msgs, {CONNECTIONS} sessions)", "msg/s",
+                       lambda leg, key=key: n / med(leg, key)))
+    out.append(row(f"time until 99% of {n} delivered", "s",
+                   lambda leg: med(leg, "deliver99_s")))
+    out.append(row(f"time until all {n} delivered", "s", lambda leg: med(leg, "deliver_s")))
+    counts = {leg: f"{sum(r['delivered'] for r in results[leg])}/"
+                   f"{sum(r['stamped'] for r in results[leg])}" for leg in results}
+    out.append({"app": "mail", "what": "delivered / stamped (all runs)", **counts,
+                "unit": f"of {n * reps}"})
     return out
 
 

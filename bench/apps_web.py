@@ -1,11 +1,11 @@
-"""The web stack (Apache, a CGI program, MariaDB) in its pod and on the host, side by side.
+"""The web stack (Apache, a CGI program, MariaDB) in its pod, on bindfs and on the host.
 
 ``rows(args) -> list[dict]`` (called by bench/apps.py; ``python -m bench
-apps_web [--quick]`` runs it alone), as root. Both legs run the same stack,
-built by examples/web/setup from a copy of examples/web/pod.toml: the same
-Apache configuration, the same CGI program (python3 + pymysql), the same
-MariaDB with the same data, each in a root of its own under a temporary
-directory:
+apps_web [--quick]`` runs it alone), as root. The three legs run the same
+stack, built by examples/web/setup from a copy of examples/web/pod.toml: the
+same Apache configuration, the same CGI program (python3 + pymysql), the
+same MariaDB with the same data, each in a root of its own under a
+temporary directory:
 
 - pod: the pod (its own name, root, address 10.88.N.2/24 with N in 200-250,
   $PEAPOD_RUN), Apache in the httpd pea on port 80 of the pod's address (over
@@ -15,13 +15,19 @@ directory:
   holding a read-only bind of /usr, /dev/null, /dev/zero, /dev/urandom and a
   /proc), Apache on 127.0.0.1:PORT (a free port; ports.conf's WEB_LISTEN
   define) and MariaDB started by host root, no PeaFS, no filter.
+- bindfs: the third root with the host's /usr bound in (as the pod places
+  its [[pod.mount]]), served by bindfs on the host (bench/common.py), and the
+  host leg's chroot entered there, on another port of 127.0.0.1: every file
+  access pays FUSE, none pays PeaFS's rules, the peas or the namespaces.
 
 The load is wrk (Debian package wrk, installed if missing; ab from
 apache2-utils if wrk cannot be had): the static page ``/`` and the CGI page
 ``/cgi-bin/items`` (a python3 process and a database query per request),
-legs alternated inside one run, median of the repetitions. Figures:
-requests/s, latency p50 and p99 (ms), ratio pod/host of each. The load
-generator runs on the same 2-core machine as the server on both legs.
+legs rotated inside one run, median of the repetitions. Figures, one row
+each: requests/s, latency p50 and p99 (ms), and the ratios pod/host,
+bindfs/host (the FUSE floor) and pod/bindfs (what the pod adds above it).
+The load generator runs on the same 2-core machine as the server on every
+leg.
 
 ``--quick``: 2 s per measurement, one repetition.
 """
@@ -142,18 +148,21 @@ def _measure(tool: str, url: str, connections: int, seconds: float) -> dict:
 
 # ------------------------------------------------------------------ the host leg
 
-def host_leg_main(root: str, port: int) -> int:
+def chroot_leg_main(root: str, port: int, bind_usr: bool) -> int:
     """Run as a child: a private mount namespace, chroot into ROOT, MariaDB
-    and Apache (on 127.0.0.1:PORT) until SIGTERM; then stop both."""
+    and Apache (on 127.0.0.1:PORT) until SIGTERM; then stop both. With
+    ``bind_usr``, the host's /usr is bound read-only into ROOT first (the
+    bindfs leg has it already, through bindfs)."""
     from kernel import libc  # noqa: PLC0415
     from pods import namespaces as ns  # noqa: PLC0415
 
     libc.unshare(libc.CLONE_NEWNS)
     ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)
     r = Path(root)
-    ns.mount("/usr", str(r / "usr"), None, ns.MS_BIND)
-    ns.mount(None, str(r / "usr"), None,
-             ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV)
+    if bind_usr:
+        ns.mount("/usr", str(r / "usr"), None, ns.MS_BIND)
+        ns.mount(None, str(r / "usr"), None,
+                 ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV)
     ns.mount("proc", str(r / "proc"), "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
     for dev in ("null", "zero", "urandom"):
         ns.mount(f"/dev/{dev}", str(r / "dev" / dev), None, ns.MS_BIND)
@@ -183,21 +192,29 @@ def host_leg_main(root: str, port: int) -> int:
     return 0
 
 
-class HostLeg:
-    def __init__(self, root: Path, port: int):
+def prepare_chroot(root: Path) -> None:
+    """The mount points a chroot leg needs in a root that setup built."""
+    for d in ("usr", "proc", "dev"):
+        (root / d).mkdir(exist_ok=True)
+    for dev in ("null", "zero", "urandom"):
+        (root / "dev" / dev).touch()
+
+
+class ChrootLeg:
+    """The stack chrooted into ``root`` on the host (the host leg), or into
+    the bindfs mount of a root (the bindfs leg, ``bind_usr=False``)."""
+
+    def __init__(self, root: Path, port: int, run: Path, bind_usr: bool = True):
         self.root, self.port = root, port
-        for d in ("usr", "proc", "dev"):
-            (root / d).mkdir(exist_ok=True)
-        for dev in ("null", "zero", "urandom"):
-            (root / "dev" / dev).touch()
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--host-leg", str(root), str(port)],
-            env=_env(root.parent / "run"), stdout=subprocess.PIPE, text=True, cwd="/",
+            [sys.executable, str(Path(__file__).resolve()), "--chroot-leg", str(root), str(port),
+             "usr" if bind_usr else "no-usr"],
+            env=_env(run), stdout=subprocess.PIPE, text=True, cwd="/",
             start_new_session=True)
         line = self.proc.stdout.readline().strip()
         if line != "started":
             self.stop()
-            raise RuntimeError(f"host leg did not start (exit {self.proc.poll()})")
+            raise RuntimeError(f"chroot leg in {root} did not start (exit {self.proc.poll()})")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -205,8 +222,14 @@ class HostLeg:
             try:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                pass
+        try:
+            # Whatever is left of its session (a worker that outlived Apache).
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.proc.stdout.close()
 
 
 # ------------------------------------------------------------------ rows
@@ -219,7 +242,13 @@ def _setup(policy: Path, run: Path, *extra: str) -> None:
                            f"{r.stderr.strip() or r.stdout.strip()}")
 
 
+LEGS = ("pod", "bindfs", "host")
+METRICS = ("req_s", "p50_ms", "p99_ms")
+
+
 def rows(args) -> list[dict]:
+    from bench import common  # noqa: PLC0415 - not needed by the chroot leg's child
+
     quick = getattr(args, "quick", False)
     seconds = 2.0 if quick else 10.0
     reps = 1 if quick else 3
@@ -235,49 +264,67 @@ def rows(args) -> list[dict]:
     pod_policy = ex.copy_policy(POLICY, base / "pod.toml", name=name, root=base / "pod-root",
                                 address=address,
                                 id_base=400_000_000 + random.randrange(1000) * 65536)
-    # The host leg's root: built by the same setup (never started as a pod).
+    # The host and bindfs legs' roots: built by the same setup (never started as pods).
     host_policy = ex.copy_policy(POLICY, base / "host.toml", name=name + "h",
                                  root=base / "host-root", address=address, id_base=1_000_000)
-    host = None
+    bindfs_policy = ex.copy_policy(POLICY, base / "bindfs.toml", name=name + "b",
+                                   root=base / "bindfs-root", address=address,
+                                   id_base=1_000_000)
+    bindfs = common.BindfsRoot(base / "bindfs-root", base / "bindfs-mnt",
+                               common.policy_mounts(bindfs_policy))
+    chroots: list[ChrootLeg] = []
     started = False
+    left: list[str] = []
     raw: dict[str, dict[str, list[dict]]] = {}
     try:
         _setup(host_policy, run, "--no-start")
-        _setup(pod_policy, run)
+        _setup(bindfs_policy, run, "--no-start")
+        prepare_chroot(base / "host-root")
+        prepare_chroot(base / "bindfs-root")
+        # Mounted before the pod starts: the pod daemon's mount namespace,
+        # a copy of the host's, detaches it at once.
+        bindfs.start()
         started = True
-        port = ex.free_port()
-        host = HostLeg(base / "host-root", port)
-        urls = {"pod": f"http://{ip}:80", "host": f"http://127.0.0.1:{port}"}
-        for leg in urls:
+        _setup(pod_policy, run)
+        ports = {"host": ex.free_port()}
+        chroots.append(ChrootLeg(base / "host-root", ports["host"], run))
+        ports["bindfs"] = ex.free_port()
+        chroots.append(ChrootLeg(bindfs.mnt, ports["bindfs"], run, bind_usr=False))
+        urls = {"pod": f"http://{ip}:80", "bindfs": f"http://127.0.0.1:{ports['bindfs']}",
+                "host": f"http://127.0.0.1:{ports['host']}"}
+        for leg in LEGS:
             _wait_rows(urls[leg] + "/cgi-bin/items", 60)
         for label, path, conns in PAGES:
-            for leg in urls:   # warm-up: caches, Apache's workers, MariaDB's pool
+            for leg in LEGS:   # warm-up: caches, Apache's workers, MariaDB's pool
                 _measure(tool, urls[leg] + path, conns, 1)
             for i in range(reps):
-                order = ("pod", "host") if i % 2 == 0 else ("host", "pod")
-                for leg in order:
+                for leg in LEGS[i % 3:] + LEGS[:i % 3]:   # rotated
                     raw.setdefault(label, {}).setdefault(leg, []).append(
                         _measure(tool, urls[leg] + path, conns, seconds))
     finally:
-        if host is not None:
-            host.stop()
+        for leg in chroots:
+            leg.stop()
         if started:
             subprocess.run(POD + ["stop", name, "--timeout", "10"], env=_env(run), cwd=REPO,
                            capture_output=True, timeout=120)
-        shutil.rmtree(base, ignore_errors=True)
+        left += bindfs.stop()
+        left += common.remove_tree(base)
+    if left:
+        raise RuntimeError(f"apps_web left mounted: {left} (in {base})")
 
     out = []
     for label, path, conns in PAGES:
-        row: dict = {"workload": f"web {label}", "tool": tool, "connections": conns,
-                     "seconds": seconds, "reps": reps}
-        med = {leg: {k: statistics.median(m[k] for m in raw[label][leg])
-                     for k in ("req_s", "p50_ms", "p99_ms")} for leg in ("pod", "host")}
-        for k in ("req_s", "p50_ms", "p99_ms"):
-            row[f"pod_{k}"] = med["pod"][k]
-            row[f"host_{k}"] = med["host"][k]
-            row[f"pod/host {k}"] = med["pod"][k] / med["host"][k] if med["host"][k] else None
-        row["errors"] = sum(m["errors"] for leg in raw[label].values() for m in leg)
-        out.append(row)
+        med = {leg: {k: statistics.median(m[k] for m in raw[label][leg]) for k in METRICS}
+               for leg in LEGS}
+        errors = sum(m["errors"] for leg in raw[label].values() for m in leg)
+        for k in METRICS:
+            row: dict = {"workload": f"web {label}", "metric": k}
+            row.update({leg: med[leg][k] for leg in LEGS})
+            for a, b in (("pod", "host"), ("bindfs", "host"), ("pod", "bindfs")):
+                row[f"{a}/{b}"] = med[a][k] / med[b][k] if med[b][k] else None
+            row.update({"tool": tool, "connections": conns, "seconds": seconds, "reps": reps,
+                        "errors": errors})
+            out.append(row)
     return out
 
 
@@ -289,7 +336,7 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--host-leg":
-        sys.exit(host_leg_main(sys.argv[2], int(sys.argv[3])))
+    if len(sys.argv) == 5 and sys.argv[1] == "--chroot-leg":
+        sys.exit(chroot_leg_main(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "usr"))
     print("usage: python -m bench apps_web [--quick]", file=sys.stderr)
     sys.exit(2)

@@ -249,29 +249,16 @@ def _peafs_cli() -> list[str]:
     return [sys.executable, "-c", "import sys; from peafs.cli import main; sys.exit(main())"]
 
 
-def _wait_mounted(path: Path, proc: subprocess.Popen | None, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.ismount(path):
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"mount of {path} exited with status {proc.returncode}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{path} not mounted after {timeout}s")
+def _common():
+    # Imported when the driver needs it: the worker runs this file as a
+    # script (python3 -I -S), where the bench package is not importable.
+    from bench import common  # noqa: PLC0415
+
+    return common
 
 
 def _unmount(path: Path, proc: subprocess.Popen | None, peafs: bool) -> None:
-    if os.path.ismount(path):
-        cmd = _peafs_cli() + ["umount", str(path)] if peafs else ["fusermount3", "-u", str(path)]
-        r = subprocess.run(cmd, capture_output=True, timeout=30)
-        if r.returncode != 0 and os.path.ismount(path):
-            subprocess.run(["fusermount3", "-u", "-z", str(path)], timeout=30)
-    if proc is not None:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    _common().unmount(path, proc, _peafs_cli() + ["umount"] if peafs else None)
 
 
 class Legs:
@@ -307,14 +294,16 @@ class Legs:
             'default_pea = "bench"\n\n[pea.bench.files]\n"/" = "rwx"\n'
             '\n[pea.writer.files]\n"/" = "rwx"\n'
         )
-        self.procs["bindfs"] = subprocess.Popen(
-            ["bindfs", "-f", "-o", "allow_other", str(self.bindfs_src), str(self.dirs["bindfs"])])
-        _wait_mounted(self.dirs["bindfs"], self.procs["bindfs"])
-        if "peafs" in self.legs:
-            self.procs["peafs"] = subprocess.Popen(
-                _peafs_cli() + ["mount", str(self.staging), str(self.dirs["peafs"]),
-                                "--policy", str(self.policy), "--foreground"])
-            _wait_mounted(self.dirs["peafs"], self.procs["peafs"])
+        try:
+            self.procs["bindfs"] = _common().bindfs(self.bindfs_src, self.dirs["bindfs"])
+            if "peafs" in self.legs:
+                self.procs["peafs"] = subprocess.Popen(
+                    _peafs_cli() + ["mount", str(self.staging), str(self.dirs["peafs"]),
+                                    "--policy", str(self.policy), "--foreground"])
+                _common().wait_mounted(self.dirs["peafs"], self.procs["peafs"])
+        except BaseException:
+            self.__exit__(None, None, None)   # what did mount is unmounted
+            raise
         return self
 
     def __exit__(self, *exc):

@@ -1,6 +1,6 @@
 """``python -m bench peas``: what separating peas costs a pod process.
 
-One run, two stand-in pods (tests/pods/seccomp_harness.py) with the same
+One run, two stand-in pods (testbed/seccomp_harness.py) with the same
 namespaces, their legs alternated (pod, native, pod, native):
 
 - *pod*: the pod's seccomp filter with its supervisor, and the peas'
@@ -33,7 +33,7 @@ import statistics
 
 import trio
 
-from tests.pods.seccomp_harness import Pea, fake_pod
+from testbed.seccomp_harness import Pea, fake_pod
 
 CASES = [
     # (name, op kind, agent, argument: "peer-a"/"peer-b" = that agent's pid, or a port)

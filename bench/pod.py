@@ -13,7 +13,11 @@ alternated with its reference inside one run, medians reported:
 - micro: the paper's micro-benchmarks (Pea-Pod paper, section 6, Table 2):
   getpid, fork-exit, fork-sh, shmget+shmctl, semget+semctl, as a small C
   program compiled here, run inside a pod (through the seccomp filter, PeaFS
-  for exec, the pod's namespaces) and on the host; ratio pod/host.
+  for exec, the pod's namespaces) and on the host; ratio pod/host. fork-exit
+  and fork-sh also run chrooted into bindfs of a root made like the pod's
+  (the host's /usr bound in, as the pod's [[pod.mount]]): the FUSE floor,
+  so bindfs/host is what FUSE costs and pod/bindfs what the pod adds to it.
+  The legs are rotated inside each repetition.
 
 The pod is a policy with one pea ("/" = "rwx"), a staging dir with the
 host's /usr bound read-only, $PEAPOD_RUN in a temporary directory.
@@ -30,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench import common
 
 REPO = Path(__file__).resolve().parent.parent
 POD = [sys.executable, "-m", "pods.cli"]
@@ -91,6 +97,9 @@ MICRO = {  # name -> iterations (full run); --quick divides by 10
     "shmget-shmctl": 50_000,
     "semget-semctl": 50_000,
 }
+# The micro-benchmarks with a bindfs leg: those that fork, or exec from the
+# root (the others make no file-system request).
+BINDFS_MICRO = ("fork-exit", "fork-sh")
 
 
 def _run(cmd, env=None, timeout=300, **kw) -> subprocess.CompletedProcess:
@@ -107,6 +116,17 @@ def _timed(cmd, env=None) -> float:
     return dt
 
 
+def make_root(root: Path) -> None:
+    """The pod's staging tree (and the bindfs leg's): /usr comes from the host."""
+    root.mkdir()
+    for d in ("etc", "tmp", "root"):
+        (root / d).mkdir()
+    os.chmod(root / "tmp", 0o1777)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    for link in ("bin", "lib", "lib64", "sbin"):
+        os.symlink(f"usr/{link}", root / link)
+
+
 class BenchPod:
     """A throw-away pod for the benchmark."""
 
@@ -115,13 +135,7 @@ class BenchPod:
         self.run_dir = base / "run"
         self.env = dict(os.environ, PEAPOD_RUN=str(self.run_dir), PYTHONPATH=str(REPO))
         self.root = base / "root"
-        self.root.mkdir()
-        for d in ("etc", "tmp", "root"):
-            (self.root / d).mkdir()
-        os.chmod(self.root / "tmp", 0o1777)
-        (self.root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-        for link in ("bin", "lib", "lib64", "sbin"):
-            os.symlink(f"usr/{link}", self.root / link)
+        make_root(self.root)
         self.name = f"bench{os.getpid() % 100000}{random.randrange(1 << 12):03x}"
         base_id = 3_000_000 + random.randrange(1000) * 65536
         self.policy = base / "pod.toml"
@@ -206,6 +220,27 @@ def bench_exec(pod: BenchPod, reps: int) -> list[dict]:
     return rows
 
 
+class BindfsChroot:
+    """The bindfs leg of the micro-benchmarks: a root made like the pod's,
+    with the host's /usr bound in as the pod's [[pod.mount]] is, served by
+    bindfs (bench/common.py); each run chroots into it, in a private mount
+    namespace that binds /dev/null in (fork-sh writes there)."""
+
+    def __init__(self, base: Path, binary: Path):
+        src = base / "bindfs-src"
+        make_root(src)
+        (src / "dev").mkdir()
+        (src / "dev" / "null").touch()
+        shutil.copy2(binary, src / "tmp" / "micro")
+        self.fs = common.BindfsRoot(src, base / "bindfs-mnt", [common.HostMount("/usr", "/usr")])
+
+    def cmd(self, *args: str) -> list[str]:
+        mnt = self.fs.mnt
+        return ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                f'mount --bind /dev/null "{mnt}/dev/null" && exec chroot "{mnt}" "$@"',
+                "sh", *args]
+
+
 def bench_micro(pod: BenchPod, reps: int, quick: bool) -> list[dict]:
     src = pod.base / "micro.c"
     src.write_text(MICRO_C)
@@ -213,20 +248,31 @@ def bench_micro(pod: BenchPod, reps: int, quick: bool) -> list[dict]:
     r = _run(["gcc", "-O2", "-o", str(binary), str(src)])
     if r.returncode != 0:
         raise RuntimeError(f"gcc: {r.stderr}")
+    chroot = BindfsChroot(pod.base, binary)
     rows = []
-    for name, n in MICRO.items():
-        n = max(10, n // 10) if quick else n
-        host, inpod = [], []
-        for _ in range(reps):
-            h = _run([str(binary), name, str(n)])
-            p = _run(pod.exec_cmd("/tmp/micro", name, str(n)), env=pod.env)
-            if h.returncode or p.returncode:
-                raise RuntimeError(f"micro {name}: {h.stderr}{p.stderr}")
-            host.append(float(h.stdout))
-            inpod.append(float(p.stdout))
-        hm, pm = statistics.median(host), statistics.median(inpod)
-        rows.append({"group": "micro", "what": name, "ms": pm / 1e6, "ref": "host",
-                     "ref_ms": hm / 1e6, "ratio": pm / hm})
+    with chroot.fs:
+        for name, n in MICRO.items():
+            n = max(10, n // 10) if quick else n
+            cmds = {"host": [str(binary), name, str(n)],
+                    "pod": pod.exec_cmd("/tmp/micro", name, str(n))}
+            if name in BINDFS_MICRO:
+                cmds["bindfs"] = chroot.cmd("/tmp/micro", name, str(n))
+            legs = list(cmds)
+            got: dict[str, list[float]] = {leg: [] for leg in legs}
+            for i in range(reps):
+                for leg in legs[i % len(legs):] + legs[:i % len(legs)]:   # rotated
+                    r = _run(cmds[leg], env=pod.env)
+                    if r.returncode:
+                        raise RuntimeError(f"micro {name} ({leg}): {r.stderr}")
+                    got[leg].append(float(r.stdout))
+            med = {leg: statistics.median(got[leg]) / 1e6 for leg in legs}
+            row = {"group": "micro", "what": name, "ms": med["pod"], "ref": "host",
+                   "ref_ms": med["host"], "ratio": med["pod"] / med["host"]}
+            if "bindfs" in med:
+                row.update({"bindfs_ms": med["bindfs"],
+                            "bindfs/host": med["bindfs"] / med["host"],
+                            "pod/bindfs": med["pod"] / med["bindfs"]})
+            rows.append(row)
     return rows
 
 
@@ -250,6 +296,8 @@ def run(args) -> dict:
         finally:
             pod.stop()
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        left = common.remove_tree(base)
+        if left:
+            print(f"bench pod: still mounted, {base} kept: {left}", file=sys.stderr)
     return {"rows": rows, "notes": "ms: median wall time per run (exec, start) or per "
                                    "operation (micro); ratio = ms / ref_ms"}

@@ -9,7 +9,7 @@ import errno
 
 import trio
 
-from tests.pods.seccomp_harness import Pea, fake_pod
+from testbed.seccomp_harness import Pea, fake_pod
 
 SECONDS = 2.0
 

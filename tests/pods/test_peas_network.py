@@ -6,7 +6,7 @@ The rules are cgroup socket-address BPF programs on each pea's cgroup
 (pods/netbpf.py): the kernel runs them on its own copy of the address, in
 the call itself. test_bind_race_never_binds_a_refused_port attacks that: a
 thread flips the port while another binds. Run in the stand-in pod of
-tests/pods/seccomp_harness.py, which attaches the same programs.
+testbed/seccomp_harness.py, which attaches the same programs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import errno
 import socket
 
 from pods.seccomp_syscalls import NR
-from tests.pods.seccomp_harness import Pea, fake_pod
+from testbed.seccomp_harness import Pea, fake_pod
 
 PEAS = {"a": Pea("a", connect=True, bind=[8080, 80]),
         "b": Pea("b", connect=False, bind=[8081])}

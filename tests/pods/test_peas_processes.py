@@ -2,7 +2,7 @@
 own pea; across peas every such call fails with EPERM; wait() on a child in
 another pea works; kill(-1) and process groups reach the caller's pea only.
 
-Run in a stand-in pod (tests/pods/seccomp_harness.py): agents are pod
+Run in a stand-in pod (testbed/seccomp_harness.py): agents are pod
 processes (pod root, all capabilities in the pod's user namespace), moved
 between pea cgroups by the test.
 """
@@ -15,7 +15,7 @@ import signal
 
 import trio
 
-from tests.pods.seccomp_harness import Pea, fake_pod
+from testbed.seccomp_harness import Pea, fake_pod
 
 PEAS = {"a": Pea("a", connect=True), "b": Pea("b", connect=True)}
 

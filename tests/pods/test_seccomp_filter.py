@@ -3,7 +3,7 @@ mediated calls reach the supervisor (and fail when it is gone).
 
 Two levels: the BPF program is run by a small interpreter here for every
 rule and its argument cases (exact, cheap), and the refusals are then made
-for real by a process of a stand-in pod (tests/pods/seccomp_harness.py),
+for real by a process of a stand-in pod (testbed/seccomp_harness.py),
 whose root has every capability in its user namespace: where the kernel
 alone would have answered something else (EINVAL for reboot's bad magic,
 EBADF, ...), only the filter can have answered EPERM.
@@ -24,7 +24,7 @@ import trio
 
 from pods import seccomp
 from pods.seccomp_syscalls import NR, AUDIT_ARCH_X86_64
-from tests.pods.seccomp_harness import Pea, fake_pod
+from testbed.seccomp_harness import Pea, fake_pod
 
 ALLOW, EPERM, NOTIFY = seccomp.ALLOW, seccomp.EPERM, seccomp.NOTIFY
 ENOSYS = seccomp.RET_ERRNO | errno.ENOSYS

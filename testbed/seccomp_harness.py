@@ -1,4 +1,4 @@
-"""A stand-in pod for the seccomp tests, independent of the pod daemon.
+"""A stand-in pod for the seccomp tests and bench/peas.py, independent of the pod daemon.
 
     async with fake_pod(peas={"a": Pea(...), "b": Pea(...)}) as pod:
         a1 = await pod.agent("a")          # a process in pea a, in the pod
