@@ -31,7 +31,7 @@ def mounts_under(top: Path) -> list[str]:
     """The mount points at or below ``top`` in this mount namespace (a bind
     of a directory of the same file system included, which
     os.path.ismount does not see)."""
-    from peafs import mountinfo  # noqa: PLC0415 - the workers do not need it
+    from kernel import mountinfo  # noqa: PLC0415 - the workers do not need it
 
     top = os.path.realpath(top)
     return [m.point for m in mountinfo.mounts()
