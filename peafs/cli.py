@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from kernel import idmap, libc, rundir
+from kernel import idmap, jsonline, libc, rundir
 
 from . import runtime
 from .audit import AUDIT_NAME, print_log
@@ -92,26 +92,21 @@ def cmd_mount(args) -> int:
             status = _serve(policy, root, mp, state_dir, state, ready_fd=w)
         except BaseException as e:  # noqa: BLE001 - reported through the pipe
             try:
-                os.write(w, f"error: {e}\n".encode())
+                jsonline.write_line(w, {"error": str(e)})
             except OSError:
                 pass
         finally:
             os._exit(status)
     os.close(w)
-    answer = b""
-    while True:
-        chunk = os.read(r, 4096)
-        if not chunk:
-            break
-        answer += chunk
-        if answer.startswith(b"ok\n"):
-            break
+    # One message (kernel/jsonline.py, as `pod start`'s daemon answers):
+    # {"ok": true} once mounted, or {"error": why}; nothing if it died.
+    answer, _ = jsonline.read_line(r)
     os.close(r)
-    if answer.startswith(b"ok\n"):
+    if answer is not None and answer.get("ok") is True:
         return 0
     os.waitpid(pid, 0)
-    msg = answer.decode(errors="replace").strip() or "error: the daemon died before mounting"
-    raise Fail(f"peafs mount: {msg.removeprefix('error: ')}")
+    why = answer.get("error") if answer is not None else None
+    raise Fail(f"peafs mount: {why or 'the daemon died before mounting'}")
 
 
 def _serve(policy, root, mp, state_dir, state, ready_fd) -> int:
@@ -130,7 +125,7 @@ def _serve(policy, root, mp, state_dir, state, ready_fd) -> int:
     state["pid"] = os.getpid()
     runtime.write_state(state_dir, state)
     if ready_fd is not None:
-        os.write(ready_fd, b"ok\n")
+        jsonline.write_line(ready_fd, {"ok": True})
         os.close(ready_fd)
 
     async def main():

@@ -30,7 +30,7 @@ the tagger, a monitor and its child) use the same framing over socketpairs:
     {"error": TEXT, "step": NAME, "errno": N}  step NAME failed (errno 0: not a
                                                system call); the sender stops
 and the daemon's ready pipe to `pod start` the same objects, one per line
-(a pipe has no datagrams): ``write_line`` / ``read_line``.
+(a pipe has no datagrams): kernel/jsonline.py's ``write_line`` / ``read_line``.
 """
 
 from __future__ import annotations
@@ -38,9 +38,7 @@ from __future__ import annotations
 import array
 import json
 import os
-import select
 import socket
-import time
 
 MAX_MSG = 1 << 20
 MAX_FDS = 8
@@ -161,31 +159,3 @@ async def arecv_step(sock, step: str, gone=lambda: "") -> tuple[dict, list[int]]
     data, anc, _, _ = await sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * 4))
     fds = _fds_of(anc)
     return parse_step(data, fds, step, gone() if not data else "")
-
-
-def write_line(fd: int, obj: dict) -> None:
-    """One message on a pipe: a JSON object and a newline (JSON escapes
-    every newline inside it), in one write."""
-    os.write(fd, json.dumps(obj).encode() + b"\n")
-
-
-def read_line(fd: int, timeout: float | None = None) -> tuple[dict | None, bytes]:
-    """The first message on a pipe: (the object, or None if the pipe ended,
-    the time ran out or the line is not a JSON object; the raw bytes read)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    buf = b""
-    while b"\n" not in buf:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-    line = buf.split(b"\n", 1)[0]
-    try:
-        msg = json.loads(line) if b"\n" in buf else None
-    except ValueError:
-        msg = None
-    return (msg if isinstance(msg, dict) else None), buf

@@ -20,7 +20,7 @@ lock for its whole life (liveness = the flock, see pods/runtime.py) and:
    pod's fork server (pods/tagger.py), which forks a monitor for it;
 6. starts the policy's services (pods/services.py) through the tagger and
    tells `pod start` {"ok": true} through the ready pipe once they run (or
-   {"error": ...}, what stopped one: control.write_line);
+   {"error": ...}, what stopped one: jsonline.write_line);
 7. when pid 1 ends or `pod stop` asks: TERM to pid 1 (which forwards it to
    every pod process), SIGKILL through cgroup.kill after the timeout, then
    unmounts, removes cgroups, the veth and every runtime file, and exits.
@@ -55,8 +55,7 @@ from pathlib import Path
 import trio
 
 import rules
-from kernel import idmap
-from kernel import cgroup
+from kernel import cgroup, idmap, jsonline
 from peafs.execwatch import process_exited
 from pods import control, limits, netbpf, netns, podusers, runtime, services, startup
 from pods import namespaces as ns
@@ -722,7 +721,7 @@ def _leaf(e: BaseException) -> BaseException:
 def _report(fd: int, msg: dict) -> None:
     """The one message of the ready pipe to `pod start`."""
     try:
-        control.write_line(fd, msg)
+        jsonline.write_line(fd, msg)
         os.close(fd)
     except OSError:
         pass

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from kernel import names
+from kernel import jsonline, names
 from kernel.text import one_line, shown
 from pods import control, exec_cmd, runtime
 from pods.cliout import EXIT_USAGE, connect as _connect, err as _err
@@ -221,7 +221,7 @@ def _spawn_daemon(policy, args, d: Path) -> int:
         os.close(log)
         os.close(pod_lock)  # the daemon's copy keeps the lock
     # One message: {"ok": true}, or {"error": why} (pods/control.py, read_line).
-    answer, raw = control.read_line(ready_r, timeout=args.timeout)
+    answer, raw = jsonline.read_line(ready_r, timeout=args.timeout)
     os.close(ready_r)
     if answer is not None and answer.get("ok") is True:
         print(policy.name, flush=True)

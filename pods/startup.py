@@ -92,7 +92,7 @@ import struct
 import sys
 from pathlib import Path
 
-from kernel import libc, procfs
+from kernel import jsonline, libc, procfs
 from pods import control
 from pods import namespaces as ns
 from pods import seccomp as _seccomp   # no fallback: see above
@@ -406,7 +406,7 @@ def keeper_fork_pid1(args, sync: socket.socket, root_fd: int, state: dict) -> in
     os.close(held_r)
     os.close(root_fd)
     control.send_msg(sync, control.step_msg("init", pid=pid))
-    control.write_line(held_w, control.step_msg("init"))
+    jsonline.write_line(held_w, control.step_msg("init"))
     os.close(held_w)
     sync.close()
     return pid
@@ -422,7 +422,7 @@ def pid1_enter_root(args, sync: socket.socket, root_fd: int, held_r: int) -> int
     ns.set_pdeathsig(signal.SIGKILL)
     # A6a. The keeper may have died between fork and prctl: then the pipe's
     # only writer is gone and it ends without a message.
-    msg, _ = control.read_line(held_r)
+    msg, _ = jsonline.read_line(held_r)
     os.close(held_r)
     if msg is None:
         return 1

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel import cgroup, mountinfo, rundir
+from kernel import cgroup, jsonline, mountinfo, rundir
 from peafs import runtime as peafs_runtime
 from pods import control, lifecycle_cmd, limits, runtime
 from pod_support import POD, REPO
@@ -94,16 +94,16 @@ def test_a_reported_error_keeps_its_step_and_errno(pair):
 
 def test_pipe_messages_are_json_lines_and_a_short_one_is_none():
     r, w = os.pipe()
-    control.write_line(w, {"error": "two\nlines"})
-    assert control.read_line(r, timeout=5)[0] == {"error": "two\nlines"}
+    jsonline.write_line(w, {"error": "two\nlines"})
+    assert jsonline.read_line(r, timeout=5)[0] == {"error": "two\nlines"}
     os.write(w, b'{"ok": tr')             # cut short: the writer died mid-message
     os.close(w)
-    msg, raw = control.read_line(r, timeout=5)
+    msg, raw = jsonline.read_line(r, timeout=5)
     assert msg is None and raw == b'{"ok": tr'
     os.close(r)
     r, w = os.pipe()
     t = time.monotonic()
-    assert control.read_line(r, timeout=0.2) == (None, b"")   # nothing: the time runs out
+    assert jsonline.read_line(r, timeout=0.2) == (None, b"")   # nothing: the time runs out
     assert time.monotonic() - t < 5
     os.close(r)
     os.close(w)
