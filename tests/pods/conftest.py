@@ -37,7 +37,7 @@ import pytest
 from kernel import cgroup
 from rules.policy import KNOWN_GAPS
 from pods import limits, netns
-from pod_support import POD, PY, REPO
+from pod_support import POD, REPO, Pod
 
 
 def make_staging(base: Path) -> Path:
@@ -61,42 +61,6 @@ def make_staging(base: Path) -> Path:
 # rightly refuses the second). A counter from a random start never repeats
 # within a run, and differs from run to run.
 _RANGES = itertools.count(random.randrange(2000))
-
-class Pod:
-    def __init__(self, factory: "PodFactory", name: str, policy: Path, root: Path, base: int,
-                 net: str | None):
-        self.factory = factory
-        self.name = name
-        self.policy = policy
-        self.root = root
-        self.base = base
-        self.net = net
-        self.start_result: subprocess.CompletedProcess | None = None
-
-    @property
-    def run_dir(self) -> Path:
-        return self.factory.run
-
-    def cli(self, *args, timeout=60, **kw) -> subprocess.CompletedProcess:
-        return self.factory.cli(*args, timeout=timeout, **kw)
-
-    def exec(self, *cmd, pea=None, user=None, input=None, timeout=60) -> subprocess.CompletedProcess:
-        args = ["exec", self.name]
-        if pea is not None:
-            args += ["--pea", pea]
-        if user is not None:
-            args += ["--user", str(user)]
-        return self.cli(*args, "--", *cmd, input=input, timeout=timeout)
-
-    def py(self, code: str, *args, pea=None, user=None, timeout=60) -> subprocess.CompletedProcess:
-        return self.exec(PY, "-c", code, *args, pea=pea, user=user, timeout=timeout)
-
-    def state(self) -> dict:
-        return json.loads((self.run_dir / "pods" / self.name / "state.json").read_text())
-
-    def stop(self) -> subprocess.CompletedProcess:
-        return self.cli("stop", self.name, "--timeout", "3", timeout=90)
-
 
 class PodFactory:
     def __init__(self, base: Path):

@@ -29,7 +29,7 @@ import pytest
 from kernel import cgroup, jsonline, mountinfo, rundir
 from peafs import runtime as peafs_runtime
 from pods import control, lifecycle_cmd, limits, runtime
-from pod_support import POD, REPO
+from pod_support import POD, REPO, Pod
 
 # -- the handshake protocol, in-process ----------------------------------------------
 
@@ -131,8 +131,6 @@ def _nothing_left(pod) -> None:
 
 
 def _start_with_fault(pod_factory, syscall: str, fault: str):
-    from conftest import Pod
-
     policy, name, root, base = pod_factory.write_policy()
     pod = Pod(pod_factory, name, policy, root, base, None)
     pod_factory.pods.append(pod)
