@@ -95,6 +95,9 @@ class PeaFSSession:
         self._closed = False
 
     def mount(self) -> None:
+        # First: without the symlink-cache library nothing is made (no
+        # cgroup, no state), and the reason is the library's.
+        fusecaps.load()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         fd_cache, for_peas = divide_descriptors(raise_nofile())
         root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -112,9 +115,12 @@ class PeaFSSession:
             self.ops = PeaFS(root_fd, self.policy, ids, enforcer, links,
                              fd_cache=fd_cache,
                              budget=OpenBudget(for_peas, self.policy.peas))
-            fusecaps.load()
             pyfuse3.init(self.ops, str(self.mountpoint), mount_options(self.policy.name))
-            fusecaps.check_wrapped()
+            try:
+                fusecaps.check_wrapped()
+            except BaseException:
+                pyfuse3.close(unmount=True)     # mounted without the cache: undo
+                raise
         except BaseException:
             os.close(root_fd)
             raise

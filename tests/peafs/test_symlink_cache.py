@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers_peafs import run_snippet
+from kernel import cgroup
 
 POLICY = '''
 [pea.a.files]
@@ -110,24 +111,33 @@ out = [before, os.readlink("link"), os.readlink("link")]
     assert out == ["first", "second", "second"]
 
 
-def test_a_missing_library_is_named_when_mounting(tmp_path):
-    # In a fresh interpreter: this one has loaded the real library already.
+def test_a_missing_library_fails_the_mount_with_its_name(tmp_path):
+    # `peafs mount` as a user runs it, but with the library pointed at a
+    # file that does not exist: the daemon's mount fails after the fork,
+    # and the parent prints the reason it got on the ready pipe (one JSON
+    # line, kernel/jsonline.py), exit 1, nothing mounted.
+    (tmp_path / "root").mkdir()
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "pod.toml").write_text(
+        '[pod]\nname = "capsmissing"\nroot = "root"\nuid_map = [[0, 300000, 65536]]\n'
+        'default_pea = "a"\n[pea.a.files]\n"/" = "r"\n')
     code = f'''
 import sys
 from pathlib import Path
 import peafs.fusecaps as caps
+from peafs.cli import main
 caps.LIBRARY = Path({str(tmp_path / "absent.so")!r})
 caps._lib = None
-caps.preload()
-try:
-    caps.load()
-except caps.FuseCapsError as e:
-    print(e)
-    sys.exit(3)
+sys.exit(main(sys.argv[1:]))
 '''
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env=env)
-    assert proc.returncode == 3, proc.stderr
-    assert "absent.so is missing" in proc.stdout
-    assert "FUSE_CAP_CACHE_SYMLINKS" in proc.stdout and "make deps" in proc.stdout
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+               PEAPOD_RUN=str(tmp_path / "run"))
+    proc = subprocess.run([sys.executable, "-c", code, "mount", str(tmp_path / "root"),
+                           str(tmp_path / "mnt"), "--policy", str(tmp_path / "pod.toml")],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("peafs: peafs mount: ")
+    assert "absent.so is missing" in proc.stderr
+    assert "FUSE_CAP_CACHE_SYMLINKS" in proc.stderr and "make deps" in proc.stderr
+    assert not os.path.ismount(tmp_path / "mnt")
+    assert not cgroup.pod_cgroup("capsmissing").exists()
