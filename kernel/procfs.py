@@ -92,3 +92,17 @@ def vpid(pid: int) -> int | None:
     the pid the pod's processes know it by."""
     v = nspid(pid)
     return v[-1] if v else None
+
+
+def reap_ended() -> list[int]:
+    """waitpid(-1, WNOHANG) until no ended child is left: the pids reaped
+    (a reaper's loop: pid 1 of a pod, the pod's fork server)."""
+    reaped = []
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append(pid)

@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 
+from kernel import procfs
 from pods import startup
 
 
@@ -65,13 +66,7 @@ def reap_forever() -> int:
                     os.kill(-1, signal.SIGTERM)  # every process of the pod but us
                 except OSError:
                     pass
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        procfs.reap_ended()
         if stopping and not _others_alive():
             return 0
 

@@ -145,6 +145,16 @@ def _exit_text(status: int | None) -> str:
     return f"exit status {status}"
 
 
+def _ended(d, proc, who: str) -> str:
+    """Why a start step got no message: ``proc`` (the keeper or the tagger,
+    a subprocess.Popen of the daemon ``d``) ended, and how."""
+    try:
+        status = proc.wait(timeout=2)
+    except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
+        status = proc.poll()
+    return f"{who} ended ({_exit_text(status)}); see {d.dir / 'daemon.log'}"
+
+
 # ============================================================================
 # A. A pod
 # ============================================================================
@@ -496,11 +506,7 @@ async def tagger_started(d, sock: socket.socket) -> None:
     import trio
 
     def gone() -> str:
-        try:
-            status = d.tagger.wait(timeout=2)
-        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
-            status = d.tagger.poll()
-        return f"the tagger ended ({_exit_text(status)}); see {d.dir / 'daemon.log'}"
+        return _ended(d, d.tagger, "the tagger")
 
     tsock = trio.socket.from_stdlib_socket(sock)
     try:
@@ -554,11 +560,7 @@ async def start_pod(d) -> None:
     import trio
 
     def gone() -> str:
-        try:
-            status = d.keeper.wait(timeout=2)
-        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
-            status = d.keeper.poll()
-        return f"the keeper ended ({_exit_text(status)}); see {d.dir / 'daemon.log'}"
+        return _ended(d, d.keeper, "the keeper")
 
     async def expect(step: str) -> dict:
         try:

@@ -43,6 +43,7 @@ import struct
 import sys
 from types import SimpleNamespace
 
+from kernel import procfs
 from pods import control, startup
 from pods.control import recv_msg, send_msg
 from pods.startup import TIOCSWINSZ
@@ -242,13 +243,7 @@ def serve(server: socket.socket) -> int:
                     p.register(pidfd, select.POLLIN)
         # Reap every monitor that ended (those whose pidfd is ready, and any
         # other: waitpid(-1) is cheap and misses none).
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        for pid in procfs.reap_ended():
             pidfd = pidfds.pop(pid, None)
             if pidfd is not None:
                 p.unregister(pidfd)
