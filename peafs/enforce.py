@@ -74,12 +74,12 @@ class Enforcer:
         if verdict.error:
             raise ERR(verdict.error)
 
-    def check(self, ctx, operation: str, need: str, paths, pea=None):
-        """Require ``need`` on every path in ``paths`` for the caller's pea
-        (decide.check); returns the caller's Pea."""
-        if pea is None:
-            pea = self.pea(ctx)
-        self.enforce(ctx, decide.check(pea, operation, need, paths))
+    def judge(self, ctx, decision, *facts):
+        """The caller's Pea, once ``decision(pea, *facts)`` (a function of
+        decide.py) let it through: the verdict's records logged, its errno
+        raised. The one way a handler asks the core about the caller."""
+        pea = self.pea(ctx)
+        self.enforce(ctx, decision(pea, *facts))
         return pea
 
     # -- exec transitions --------------------------------------------------

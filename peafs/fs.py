@@ -288,17 +288,15 @@ class PeaFS(pyfuse3.Operations):
     @handler
     def getattr(self, inode_id, ctx):
         ino = self.table[inode_id]
-        pea = self.enf.pea(ctx)
         # An outsider sees the mount root's attributes (decide.get_attributes);
         # the root is a directory, so the answer is the same for everyone.
-        self.enf.enforce(ctx, decide.get_attributes(pea, ino is self.table.root))
+        pea = self.enf.judge(ctx, decide.get_attributes, ino is self.table.root)
         return self._answer(ino, os.fstat(ino.fd), ctx, pea)
 
     @handler
     def setattr(self, inode_id, attr, fields, fh, ctx):
         ino = self.table[inode_id]
-        pea = self.enf.pea(ctx)
-        self.enf.enforce(ctx, decide.set_attributes(pea, self._paths(ino)))
+        pea = self.enf.judge(ctx, decide.set_attributes, self._paths(ino))
         is_link = ino.fmt == stat.S_IFLNK
         if fields.update_uid or fields.update_gid:
             vuid = vgid = -1
@@ -344,8 +342,7 @@ class PeaFS(pyfuse3.Operations):
     def mknod(self, parent_id, name, mode, rdev, ctx):
         parent = self.table[parent_id]
         sname = self._name(name)
-        pea = self.enf.pea(ctx)
-        self.enf.enforce(ctx, decide.mknod(pea, self._paths(parent), mode))
+        pea = self.enf.judge(ctx, decide.mknod, self._paths(parent), mode)
         return self._new_object(parent, sname, ctx, pea,
                                 lambda: os.mknod(sname, no_setid(mode), 0, dir_fd=parent.fd))
 
@@ -353,8 +350,7 @@ class PeaFS(pyfuse3.Operations):
     def mkdir(self, parent_id, name, mode, ctx):
         parent = self.table[parent_id]
         sname = self._name(name)
-        pea = self.enf.pea(ctx)
-        self.enf.enforce(ctx, decide.make(pea, "mkdir", self._paths(parent)))
+        pea = self.enf.judge(ctx, decide.make, "mkdir", self._paths(parent))
         return self._new_object(parent, sname, ctx, pea,
                                 lambda: os.mkdir(sname, no_setid(mode, True), dir_fd=parent.fd))
 
@@ -362,8 +358,7 @@ class PeaFS(pyfuse3.Operations):
     def symlink(self, parent_id, name, target, ctx):
         parent = self.table[parent_id]
         sname = self._name(name)
-        pea = self.enf.pea(ctx)
-        self.enf.enforce(ctx, decide.make(pea, "symlink", self._paths(parent)))
+        pea = self.enf.judge(ctx, decide.make, "symlink", self._paths(parent))
         return self._new_object(parent, sname, ctx, pea,
                                 lambda: os.symlink(target, sname, dir_fd=parent.fd))
 
@@ -372,11 +367,10 @@ class PeaFS(pyfuse3.Operations):
         ino = self.table[inode_id]
         parent = self.table[new_parent_id]
         sname = self._name(new_name)
-        pea = self.enf.pea(ctx)
         old_paths = self._paths(ino)
         # w on the directory, and some letter of rwx on the original: a new
         # name is a new way to reach the object (decide.link).
-        self.enf.enforce(ctx, decide.link(pea, self._paths(parent), old_paths))
+        pea = self.enf.judge(ctx, decide.link, self._paths(parent), old_paths)
         new_path = path_str(self._child_paths(parent, sname)[0])
         # linkat through the handle's magic link: the object itself, never a
         # name a pod could have swapped meanwhile.
@@ -399,8 +393,7 @@ class PeaFS(pyfuse3.Operations):
     def _remove(self, op, parent_id, name, ctx, remove):
         parent = self.table[parent_id]
         sname = self._name(name)
-        pea = self.enf.pea(ctx)
-        self.enf.enforce(ctx, decide.remove(pea, op, self._paths(parent)))
+        pea = self.enf.judge(ctx, decide.remove, op, self._paths(parent))
         # Only for a caller that may write the directory: the entry's stat.
         paths, ino, _ = self._entry_paths(parent, sname)
         self.enf.enforce(ctx, decide.remove_entry(pea, op, paths))
@@ -428,8 +421,7 @@ class PeaFS(pyfuse3.Operations):
         np_ = self.table[new_parent_id]
         oname = self._name(old_name)
         nname = self._name(new_name)
-        pea = self.enf.pea(ctx)
-        self.enf.enforce(ctx, decide.rename_dirs(pea, self._paths(op_), self._paths(np_)))
+        pea = self.enf.judge(ctx, decide.rename_dirs, self._paths(op_), self._paths(np_))
         # Only for a caller that may write both directories: the entries.
         src_paths, src, _ = self._entry_paths(op_, oname)
         self.enf.enforce(ctx, decide.rename_entry(pea, src_paths))
@@ -526,8 +518,7 @@ class PeaFS(pyfuse3.Operations):
             # Never refused in practice: the kernel execs regular files only.
             self.enf.enforce(ctx, decide.openable(ino.fmt))
         else:
-            pea = self.enf.pea(ctx)
-            self.enf.enforce(ctx, decide.open_file(pea, paths, flags, ino.fmt))
+            pea = self.enf.judge(ctx, decide.open_file, paths, flags, ino.fmt)
         self._charge(ctx, pea, "open", paths)
         try:
             fd = os.open(ino.proc_path(), self._real_flags(flags))
@@ -540,9 +531,8 @@ class PeaFS(pyfuse3.Operations):
     def create(self, parent_id, name, mode, flags, ctx):
         parent = self.table[parent_id]
         sname = self._name(name)
-        pea = self.enf.pea(ctx)
         new_paths = self._child_paths(parent, sname)
-        self.enf.enforce(ctx, decide.create(pea, self._paths(parent), new_paths, flags))
+        pea = self.enf.judge(ctx, decide.create, self._paths(parent), new_paths, flags)
         vuid, vgid = self._virtual_ids(ctx, os.fstat(parent.fd))
         real = self._real_flags(flags) | os.O_NOFOLLOW
         self._charge(ctx, pea, "create", new_paths)
@@ -628,8 +618,7 @@ class PeaFS(pyfuse3.Operations):
     def opendir(self, inode_id, ctx):
         ino = self.table[inode_id]
         paths = self._paths(ino)
-        pea = self.enf.pea(ctx)
-        self.enf.enforce(ctx, decide.opendir(pea, paths))
+        pea = self.enf.judge(ctx, decide.opendir, paths)
         self._charge(ctx, pea, "opendir", paths)
         try:
             fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=ino.fd)
@@ -726,7 +715,7 @@ class PeaFS(pyfuse3.Operations):
             # cannot set them: answer at once, without a check or a syscall.
             raise ERR(errno.ENODATA)
         ino = self.table[inode_id]
-        self.enf.enforce(ctx, decide.getxattr(self.enf.pea(ctx), self._paths(ino), ino.fmt))
+        self.enf.judge(ctx, decide.getxattr, self._paths(ino), ino.fmt)
         return os.getxattr(ino.proc_path(), name)
 
     @handler
@@ -739,8 +728,7 @@ class PeaFS(pyfuse3.Operations):
 
     def _xattr_write(self, op, inode_id, name, ctx) -> Inode:
         ino = self.table[inode_id]
-        self.enf.enforce(ctx, decide.xattr_write(self.enf.pea(ctx), op, self._paths(ino), name,
-                                                 ino.fmt))
+        self.enf.judge(ctx, decide.xattr_write, op, self._paths(ino), name, ino.fmt)
         return ino
 
     @handler

@@ -203,13 +203,13 @@ def test_an_errno_without_records_is_raised_without_a_line(policy):
     assert [e["kind"] for e in audit.lines] == ["limit"]
 
 
-def test_check_returns_the_callers_pea(policy, member):
+def test_judge_returns_the_callers_pea(policy, member):
     enf, audit = enforcer(policy)
-    assert enf.check(ctx(), "open", "r", [("etc",)]) is policy.pea("p")
-    raises(errno.EACCES, enf.check, ctx(), "open", "w", [("etc",)])
+    assert enf.judge(ctx(), decide.check, "open", "r", [("etc",)]) is policy.pea("p")
+    raises(errno.EACCES, enf.judge, ctx(), decide.check, "open", "w", [("etc",)])
     assert audit.lines[-1]["need"] == "w"
     member["pea"] = "learn"
-    assert enf.check(ctx(), "open", "w", [("etc",)]) is policy.pea("learn")
+    assert enf.judge(ctx(), decide.check, "open", "w", [("etc",)]) is policy.pea("learn")
     assert audit.lines[-1]["complain"] is True
 
 
