@@ -21,8 +21,9 @@
  * pyfuse3's call to the fuse_session_new below. It wraps the init operation
  * of the table pyfuse3 passes, then calls libfuse's own. After pyfuse3's
  * init has set its flags, the wrapper adds FUSE_CAP_CACHE_SYMLINKS when the
- * kernel offers it, and records that it did (peapod_cache_symlinks, read by
- * peafs/fusecaps.py to check that the wrapper was used).
+ * kernel offers it. Each session made through the wrapper is counted
+ * (peapod_sessions_wrapped, read by peafs/fusecaps.py to check that the
+ * wrapper was used).
  */
 #define _GNU_SOURCE
 #define FUSE_USE_VERSION 34
@@ -30,8 +31,6 @@
 #include <string.h>
 #include <fuse_lowlevel.h>
 
-/* 1 once an init asked for the cache, -1 if the kernel did not offer it. */
-int peapod_cache_symlinks = 0;
 /* How many sessions were made through the wrapper (fusecaps.check_wrapped). */
 int peapod_sessions_wrapped = 0;
 
@@ -42,12 +41,8 @@ static void init_with_symlink_cache(void *userdata, struct fuse_conn_info *conn)
 {
     if (pyfuse3_init)
         pyfuse3_init(userdata, conn);
-    if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) {
+    if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
         conn->want |= FUSE_CAP_CACHE_SYMLINKS;
-        peapod_cache_symlinks = 1;
-    } else {
-        peapod_cache_symlinks = -1;
-    }
 }
 
 typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,

@@ -17,8 +17,6 @@ which so joins the global scope after it, where the wrapper finds the real
 function (dlvsym RTLD_NEXT). ``load()`` raises what ``preload()`` kept
 quiet; session.py calls it before ``pyfuse3.init`` and ``check_wrapped()``
 after, so a mount without the cache fails with the reason.
-``symlinks_cached()`` tells, once the kernel's INIT has been answered,
-whether the kernel took the capability.
 """
 
 from __future__ import annotations
@@ -75,10 +73,3 @@ def check_wrapped() -> None:
         raise FuseCapsError(
             f"pyfuse3 did not call fuse_session_new through {LIBRARY.name}: pyfuse3 "
             "was imported before the peafs package (import peafs first)")
-
-
-def symlinks_cached() -> bool | None:
-    """True if the kernel agreed to cache symlinks, False if it does not
-    offer it, None before the kernel's INIT was answered."""
-    v = _flag("peapod_cache_symlinks")
-    return None if v == 0 else v > 0

@@ -12,15 +12,11 @@ import stat
 from pathlib import Path
 
 from kernel import libc
-from kernel.text import escape_controls
+from kernel.text import shown
 
 
 class UserError(Exception):
     """A user that cannot be resolved; the message is for the administrator."""
-
-
-def _shown(text: str) -> str:
-    return '"' + escape_controls(text).replace("\n", "\\n") + '"'
 
 
 PASSWD_MAX = 1 << 20
@@ -79,6 +75,6 @@ def lookup(root: Path, user: str) -> tuple[int, int]:
         if len(fields) >= 4 and fields[0] == wanted and fields[2].isdigit() \
                 and fields[3].isdigit():
             return int(fields[2]), int(fields[3])
-    raise UserError(f"no user {_shown(user)} in the pod's /etc/passwd")
+    raise UserError(f"no user {shown(user)} in the pod's /etc/passwd")
 
 
