@@ -94,11 +94,20 @@ def problems(log: Path) -> list[str]:
 
 
 def mailbox_messages(path: Path) -> list:
-    box = mailbox.mbox(str(path), create=False)
-    try:
-        return list(box)
-    finally:
-        box.close()
+    """The messages of an mbox that procmail may be appending to right now.
+    The mailbox module indexes the file, then reads each message by offset:
+    a message written between the two gives offsets that no longer fit
+    (ValueError: read length must be non-negative), so a read that raced a
+    delivery is taken again (bounded; the callers poll anyway)."""
+    for _ in range(20):
+        box = mailbox.mbox(str(path), create=False)
+        try:
+            return list(box)
+        except ValueError:
+            time.sleep(0.1)
+        finally:
+            box.close()
+    return []
 
 
 def wait_for_delivery(path: Path, tag: str, count: int, timeout: float) -> list:
