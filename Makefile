@@ -20,7 +20,15 @@ all: test
 # only through dlvsym, yet must bring libfuse3 into the global scope.
 SHIM := $(VENV)/lib/peapod/fuse_cache_symlinks.so
 
-deps: $(VENV)/.installed $(SHIM)
+# The `pod` command (pods/pod_front.c): `pod exec` without a Python
+# start-up, every other command handed to pods.cli run by this venv's
+# interpreter, whose absolute path is built in.
+FRONT := $(VENV)/bin/pod
+
+deps: $(VENV)/.installed $(SHIM) $(FRONT)
+
+$(FRONT): pods/pod_front.c $(VENV)/.installed
+	gcc -O2 -Wall -Wextra -Werror -DPOD_PYTHON='"$(abspath $(PY))"' -o $@ pods/pod_front.c
 
 $(SHIM): peafs/fuse_cache_symlinks.c peafs/fuse_cache_symlinks.map $(VENV)/.installed
 	@mkdir -p $(@D)
@@ -98,7 +106,7 @@ MANDIR      ?= $(PREFIX)/share/man
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 UNITDIR     ?= $(PREFIX)/lib/systemd/system
 BUILD       ?= build
-# The entry points of pyproject.toml's [project.scripts].
+# The commands: pod (the front above) and peafs (pyproject.toml's [project.scripts]).
 SCRIPTS     := pod peafs
 UNIT        := peapod@.service
 

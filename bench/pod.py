@@ -38,7 +38,9 @@ from pathlib import Path
 from bench import common
 
 REPO = Path(__file__).resolve().parent.parent
-POD = [sys.executable, "-m", "pods.cli"]
+# The `pod` command as installed (`make deps`): `pod exec` is its C front's
+# (pods/pod_front.c), which is what an administrator's `pod exec` costs.
+POD = [str(Path(sys.prefix) / "bin" / "pod")]
 
 MICRO_C = r"""
 #include <stdio.h>
@@ -282,6 +284,8 @@ def run(args) -> dict:
     for tool in ("unshare", "nsenter", "bwrap", "gcc"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench pod: {tool} is not installed")
+    if not Path(POD[0]).is_file():
+        raise SystemExit(f"bench pod: {POD[0]} is missing: run `make deps`")
     quick = bool(getattr(args, "quick", False))
     base = Path(tempfile.mkdtemp(prefix="bench-pod-"))
     os.chmod(base, 0o755)

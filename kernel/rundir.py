@@ -2,7 +2,7 @@
 
 $PEAPOD_RUN, else /run/peapod. It is read from the environment here only,
 and only by a command's entry (pods/cli.py, pods/demo.py, peafs/cli.py
-main): below that the directory is passed down as an argument (the pod
+main; in C, the `pod` command's front, pods/pod_front.c): below that the directory is passed down as an argument (the pod
 daemon gets --run-dir), so that no library call depends on the
 environment of the process it runs in (tests/pods/test_pod_startup.py
 checks both).

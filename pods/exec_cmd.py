@@ -1,5 +1,9 @@
 """`pod exec`: run a command in a running pod, as the daemon's client.
 
+The `pod` command is a C front (pods/pod_front.c) that runs the plain
+exec itself; this client runs what it hands on: a terminal on stdin, a
+user given by name, and every usage error.
+
 Its own module, importing only what the client needs (the control
 protocol, the run directory, kernel/text.py): pods/cli.py builds exec's
 parser alone when the command is exec, so `pod exec` connects to the

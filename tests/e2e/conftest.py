@@ -61,7 +61,7 @@ from kernel import cgroup
 from pods import limits, netns, runtime
 
 REPO = Path(__file__).resolve().parents[2]
-POD = [sys.executable, "-m", "pods.cli"]
+POD = [str(Path(sys.prefix) / "bin" / "pod")]   # as `make deps` builds it (pods/pod_front.c)
 LOADER = "/lib64/ld-linux-x86-64.so.2"
 
 

@@ -12,7 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-POD = [sys.executable, "-m", "pods.cli"]   # the `pod` command of this checkout
+# The `pod` command of this checkout as `make deps` installs it: the C front
+# (pods/pod_front.c), which runs `pod exec` itself and hands every other
+# command to pods.cli. The tests run what an administrator runs.
+POD_COMMAND = Path(sys.prefix) / "bin" / "pod"
+POD = [str(POD_COMMAND)]
+POD_PYTHON = [sys.executable, "-m", "pods.cli"]   # the Python command alone
+if not POD_COMMAND.is_file():
+    raise RuntimeError(f"{POD_COMMAND} is missing: run `make deps` (it builds the pod command)")
 PY = "/usr/bin/python3"                     # the host's python, seen inside through /usr
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from pod_support import POD, PY, REPO
+from pod_support import POD, POD_PYTHON, PY, REPO
 
 NOBODY = 65534
 NEEDS_ROOT = "needs root (pods use namespaces, cgroups and mounts)"
@@ -43,7 +43,7 @@ def _as_nobody(pod, *args, **kw) -> subprocess.CompletedProcess:
     env = pod.factory.env()
     env["HOME"] = "/"
     return subprocess.run(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY),
-                           "--clear-groups", *POD, *map(str, args)],
+                           "--clear-groups", *POD_PYTHON, *map(str, args)],
                           env=env, capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, cwd="/", **kw)
 
@@ -63,12 +63,18 @@ def _closed_stdout(pod, *args, timeout=60) -> subprocess.CompletedProcess:
 
 
 # ------------------------------------------------------------------ not root
+#
+# These run the Python command, which the front (pods/pod_front.c) hands
+# every non-root use to. Not the front itself: setpriv keeps its
+# capabilities until its exec, so it reaches an interpreter under /root
+# (here, pyenv's), but the front's own exec of that interpreter is made as
+# nobody and is refused (test_pod_front.py checks what the front hands on).
 
 def test_the_interpreter_and_the_checkout_are_open_to_nobody():
     """The premise of the non-root tests: nobody can run this `pod` at all,
     so what they see is the command's answer, not an import error."""
     r = subprocess.run(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY),
-                        "--clear-groups", *POD, "--help"],
+                        "--clear-groups", *POD_PYTHON, "--help"],
                        env={"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]},
                        capture_output=True, text=True, timeout=60, cwd="/")
     assert r.returncode == 0, r.stderr
