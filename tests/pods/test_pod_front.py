@@ -24,7 +24,6 @@ import pty
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
