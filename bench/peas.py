@@ -20,6 +20,9 @@ the median per call and the ratio pod/native:
 - a Unix socket bound to an abstract name (the supervisor performs the
   bind and records the name: one round trip), and connected to a name of
   its own pea (the kernel's connect_unix program: no round trip);
+- alarm(100) by a process the supervisor has already noted (an interval
+  timer survives an exec, so its caller may not change pea; Postfix calls
+  it at every turn of its event loop): a round trip that needs no decision;
 - socket+close and getppid(): neither mediated nor programmed: the cost of
   the filter alone (a BPF search per call).
 
@@ -45,6 +48,7 @@ CASES = [
     ("socket+connect+close (refused)", "connect", "b", 9),
     ("unix socket+bind(abstract)+close (supervisor binds)", "bind_abstract", "a", 0),
     ("unix socket+connect(abstract, own pea)+close", "connect_abstract", "a", 0),
+    ("alarm(100), the caller already noted", "alarm", "a", 0),
     ("socket+close (neither)", "socket_only", "a", 0),
     ("getppid (neither)", "getppid", "a", 0),
 ]

@@ -520,13 +520,21 @@ def op_bench(kind, n, peer=0):
     elif kind == "socket_only":
         def one():
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+    elif kind == "alarm":
+        # The first call notes the caller (the full path); the timed ones
+        # find it noted (Supervisor._armed_already). Cancelled after.
+        def one():
+            signal.alarm(100)
     else:
         raise ValueError(kind)
     one()
     t0 = time.perf_counter_ns()
     for _ in range(n):
         one()
-    return (time.perf_counter_ns() - t0) / n
+    per = (time.perf_counter_ns() - t0) / n
+    if kind == "alarm":
+        signal.alarm(0)
+    return per
 
 
 def op_ignore(sig):
