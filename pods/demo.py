@@ -37,7 +37,10 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "mail"
 POLICY = EXAMPLE / "pod.toml"
 SETUP = EXAMPLE / "setup"
-POD = [sys.executable, "-m", "pods.cli"]
+# The `pod` command as `make deps` installs it (pods/pod_front.c), which
+# `make demo` builds first; the Python command if it is missing.
+_FRONT = Path(sys.prefix) / "bin" / "pod"
+POD = [str(_FRONT)] if _FRONT.is_file() else [sys.executable, "-m", "pods.cli"]
 SHOWN_HEADERS = ("From", "To", "Subject", "X-Peapod-Pea")
 DELIVERY_TIMEOUT = 60
 

@@ -140,6 +140,9 @@ def free_port() -> int:
 # ------------------------------------------------------------------ pod command
 
 def pod_command() -> list[str]:
+    front = REPO / ".venv" / "bin" / "pod"    # `make deps` builds it (pods/pod_front.c)
+    if front.is_file():
+        return [str(front)]
     venv = REPO / ".venv" / "bin" / "python"
     if venv.exists():
         return [str(venv), "-m", "pods.cli"]
