@@ -692,6 +692,10 @@ int main(int argc, char **argv)
     for (size_t k = 0; k < sizeof sigs / sizeof *sigs; k++)
         sigaddset(&forwarded, sigs[k]);
     sigprocmask(SIG_BLOCK, &forwarded, NULL);
+    /* A closed stderr fails the write of an error, as in the Python client
+     * (which ignores SIGPIPE), instead of killing the front. Set only here:
+     * an ignored signal would be inherited by the Python command. */
+    signal(SIGPIPE, SIG_IGN);
     int status = exec_in_pod(&r, &msg, s, &forwarded);
     close(s);
     return status & 0xFF;

@@ -253,3 +253,19 @@ def test_front_and_python_client_agree_against_a_scripted_daemon(tmp_path, scrip
                                       "\\xff \\ud800 \\x85 😀 \\ \"q\"\n".encode())
     if script.startswith("closed"):
         assert results[0] == (125, b"", b"pod: pod scripted: the daemon closed the connection\n")
+
+
+def test_a_closed_stderr_does_not_change_the_status(shared_pod):
+    """The error of a command not found, written to a pipe nobody reads:
+    both clients exit 127, neither dies of SIGPIPE."""
+    env = shared_pod.factory.env()
+    for client in (POD, POD_PYTHON):
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            p = subprocess.run(client + ["exec", shared_pod.name, "/no/such/program"], env=env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=w,
+                               timeout=60)
+        finally:
+            os.close(w)
+        assert p.returncode == 127, (client, p.returncode)
