@@ -189,6 +189,19 @@ def test_a_signal_armed_before_a_transition_never_crosses_it(pod, mode):
                or "SIGIO owner" in e["rule"] for e in audit), audit[-3:]
 
 
+def _sleeper_with_pid(pid: int) -> subprocess.Popen:
+    """A `sleep 30` given the dead ``pid`` again (ns_last_pid; bounded)."""
+    for _ in range(20):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        p = subprocess.Popen(["sleep", "30"])
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.wait()
+    raise AssertionError(f"pid {pid} was not handed out again")
+
+
 def test_an_armed_mark_follows_the_process_not_its_reused_pid():
     # The supervisor keys its notes by host pid, each pinned by a pidfd. A
     # process that armed a signal and died leaves a note whose pidfd is dead;
@@ -206,16 +219,7 @@ def test_an_armed_mark_follows_the_process_not_its_reused_pid():
         first.kill()
         first.wait()
         assert "armed" not in (sup.transition_guard(pid) or "")   # the dead one's note is void
-        for _ in range(20):                            # bounded: give the pid back
-            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-                f.write(str(pid - 1))
-            second = subprocess.Popen(["sleep", "30"])
-            if second.pid == pid:
-                break
-            second.kill()
-            second.wait()
-            second = None
-        assert second is not None, f"pid {pid} was not handed out again"
+        second = _sleeper_with_pid(pid)
         assert sup._arm_host(pid)                      # the new process arms a timer
         assert "armed" in (sup.transition_guard(pid) or ""), "the reused pid's note was lost"
     finally:
@@ -245,16 +249,7 @@ def test_the_armed_fast_path_takes_only_the_live_noted_process():
         first.kill()
         first.wait()
         assert not sup._armed_already(pid)               # dead: its note says nothing
-        for _ in range(20):                              # bounded: give the pid back
-            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-                f.write(str(pid - 1))
-            second = subprocess.Popen(["sleep", "30"])
-            if second.pid == pid:
-                break
-            second.kill()
-            second.wait()
-            second = None
-        assert second is not None, f"pid {pid} was not handed out again"
+        second = _sleeper_with_pid(pid)
         assert not sup._armed_already(pid), "a reused pid passed for the noted process"
         # Another thread of a noted process: its tid is no key of the notes.
         me = os.getpid()
