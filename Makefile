@@ -15,10 +15,10 @@ DEBS   := fuse3 libfuse3-dev pkg-config gcc bindfs bubblewrap iproute2 procps st
 all: test
 
 # The library that lets PeaFS ask the kernel to cache symlinks (see
-# peafs/fuse_cache_symlinks.c), built into the venv: peafs/fusecaps.py
+# peafs/fuse_caches.c), built into the venv: peafs/fusecaps.py
 # loads it from <sys.prefix>/lib/peapod. --no-as-needed: it calls libfuse
 # only through dlvsym, yet must bring libfuse3 into the global scope.
-SHIM := $(VENV)/lib/peapod/fuse_cache_symlinks.so
+SHIM := $(VENV)/lib/peapod/fuse_caches.so
 
 # The `pod` command (pods/pod_front.c): `pod exec` without a Python
 # start-up, every other command handed to pods.cli run by this venv's
@@ -30,10 +30,10 @@ deps: $(VENV)/.installed $(SHIM) $(FRONT)
 $(FRONT): pods/pod_front.c $(VENV)/.installed
 	gcc -O2 -Wall -Wextra -Werror -DPOD_PYTHON='"$(abspath $(PY))"' -o $@ pods/pod_front.c
 
-$(SHIM): peafs/fuse_cache_symlinks.c peafs/fuse_cache_symlinks.map $(VENV)/.installed
+$(SHIM): peafs/fuse_caches.c peafs/fuse_caches.map $(VENV)/.installed
 	@mkdir -p $(@D)
 	gcc -shared -fPIC -O2 -Wall -Wextra -Werror $$(pkg-config --cflags fuse3) \
-	  -Wl,--version-script=peafs/fuse_cache_symlinks.map -o $@ peafs/fuse_cache_symlinks.c \
+	  -Wl,--version-script=peafs/fuse_caches.map -o $@ peafs/fuse_caches.c \
 	  -Wl,--no-as-needed $$(pkg-config --libs fuse3) -ldl
 
 # Install missing Debian packages only (apt-get update once, only when needed).

@@ -1,13 +1,14 @@
-"""The FUSE capabilities PeaFS asks for beyond pyfuse3's: the symlink cache.
+"""The FUSE caches PeaFS asks for beyond pyfuse3's: symlinks and listings.
 
 pyfuse3 3.5 negotiates its own list of capabilities with the kernel and
-offers no way to add one. PeaFS needs one more, FUSE_CAP_CACHE_SYMLINKS:
-without it every path walk through a symlink is a round trip to the daemon,
-and a usr-merged pod root (/lib -> usr/lib) made 25 of the ~30 requests of
-each exec of a dynamic program. Why caching a symlink body is safe for
-PeaFS, and how the capability is added, is in fuse_cache_symlinks.c, a
-small library that `make deps` builds into the venv
-(``<sys.prefix>/lib/peapod/``).
+offers no way to add one, nor to set an opendir reply's flags. PeaFS needs
+FUSE_CAP_CACHE_SYMLINKS (without it every path walk through a symlink is a
+round trip to the daemon: a usr-merged pod root, /lib -> usr/lib, made 25
+of the ~30 requests of each exec of a dynamic program) and kept directory
+listings (FOPEN_CACHE_DIR: a Python CGI's imports listed the directories
+of sys.path on every request). Why both are safe for PeaFS, and how they
+are added, is in fuse_caches.c, a small library that `make deps` builds
+into the venv (``<sys.prefix>/lib/peapod/``).
 
 ``preload()`` runs when the peafs package is imported, before pyfuse3 is:
 the library is loaded with RTLD_GLOBAL so that pyfuse3's reference to
@@ -26,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-LIBRARY = Path(sys.prefix) / "lib" / "peapod" / "fuse_cache_symlinks.so"
+LIBRARY = Path(sys.prefix) / "lib" / "peapod" / "fuse_caches.so"
 
 _lib: ctypes.CDLL | None = None
 

@@ -1,4 +1,4 @@
-"""The kernel caches symlink bodies for PeaFS (peafs/fuse_cache_symlinks.c).
+"""The kernel caches symlink bodies for PeaFS (peafs/fuse_caches.c).
 
 Without the cache every path walk through a symlink was a FUSE_READLINK
 round trip (25 of ~30 requests per exec in a usr-merged root). The daemon's

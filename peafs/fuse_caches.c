@@ -1,6 +1,10 @@
 /*
- * Ask the kernel to cache symlink bodies (FUSE_CAP_CACHE_SYMLINKS) for
- * PeaFS, which pyfuse3 3.5 never asks for.
+ * Ask the kernel to cache what pyfuse3 3.5 gives PeaFS no way to ask for:
+ * symlink bodies (FUSE_CAP_CACHE_SYMLINKS, below) and directory listings
+ * (cache_readdir and keep_cache on every opendir reply: see
+ * opendir_with_cache).
+ *
+ * Symlink bodies.
  *
  * Why: without it the kernel sends FUSE_READLINK every time a path walk
  * crosses a symlink. A usr-merged pod root has /lib -> usr/lib, so one exec
@@ -18,7 +22,7 @@
  *
  * How: this library is loaded with RTLD_GLOBAL before pyfuse3 calls
  * fuse_session_new (peafs/fusecaps.py), so the dynamic linker binds
- * pyfuse3's call to the fuse_session_new below. It wraps the init operation
+ * pyfuse3's call to the fuse_session_new below. It wraps the init (and opendir) operation
  * of the table pyfuse3 passes, then calls libfuse's own. After pyfuse3's
  * init has set its flags, the wrapper adds FUSE_CAP_CACHE_SYMLINKS when the
  * kernel offers it. Each session made through the wrapper is counted
@@ -36,6 +40,7 @@ int peapod_sessions_wrapped = 0;
 
 static struct fuse_lowlevel_ops wrapped_ops;
 static void (*pyfuse3_init)(void *userdata, struct fuse_conn_info *conn);
+static void (*pyfuse3_opendir)(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
 static void init_with_symlink_cache(void *userdata, struct fuse_conn_info *conn)
 {
@@ -43,6 +48,24 @@ static void init_with_symlink_cache(void *userdata, struct fuse_conn_info *conn)
         pyfuse3_init(userdata, conn);
     if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
         conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+}
+
+/* The directory listings. pyfuse3 copies the fuse_file_info it is given
+ * into the request it hands to Python and replies with that copy, so flags
+ * set here, before its opendir runs, reach the kernel with the reply:
+ * cache_readdir (FOPEN_CACHE_DIR: the kernel keeps the entries READDIR
+ * returned and serves the next listings itself) and keep_cache (the kept
+ * entries survive the next opendir). OPENDIR itself still reaches PeaFS
+ * every time, so the pea check and the barrier hold for each listing; only
+ * the list of names, the same for every caller, is kept. The kernel drops
+ * it when the directory changes through the mount and, with
+ * FUSE_CAP_AUTO_INVAL_DATA (libfuse's default), when the directory's mtime
+ * changes under it. */
+static void opendir_with_cache(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    fi->cache_readdir = 1;
+    fi->keep_cache = 1;
+    pyfuse3_opendir(req, ino, fi);
 }
 
 typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
@@ -62,6 +85,9 @@ struct fuse_session *fuse_session_new(struct fuse_args *args,
     memcpy(&wrapped_ops, op, n);
     pyfuse3_init = wrapped_ops.init;
     wrapped_ops.init = init_with_symlink_cache;
+    pyfuse3_opendir = wrapped_ops.opendir;
+    if (pyfuse3_opendir)
+        wrapped_ops.opendir = opendir_with_cache;
     peapod_sessions_wrapped++;
     return libfuse_session_new(args, &wrapped_ops, n, userdata);
 }
