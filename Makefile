@@ -14,7 +14,7 @@ DEBS   := fuse3 libfuse3-dev pkg-config gcc bindfs bubblewrap iproute2 procps st
 
 all: test
 
-# The library that lets PeaFS ask the kernel to cache symlinks (see
+# The library that lets PeaFS ask the kernel to cache symlinks and listings (see
 # peafs/fuse_caches.c), built into the venv: peafs/fusecaps.py
 # loads it from <sys.prefix>/lib/peapod. --no-as-needed: it calls libfuse
 # only through dlvsym, yet must bring libfuse3 into the global scope.
