@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 PRELUDE = r'''
 import os, sys, json, errno, stat, socket, ctypes
@@ -77,3 +80,47 @@ def in_subprocess_as_host(code: str, preexec=None, timeout=30) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("@@")]
     assert proc.returncode == 0 and len(lines) == 1, proc.stdout + proc.stderr
     return json.loads(lines[0][2:])
+
+
+def _traced(pid: int) -> bool:
+    """Whether strace has attached to every thread of ``pid``."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue
+        if "\nTracerPid:\t0\n" in status:
+            return False
+    return True
+
+
+def daemon_calls(m, syscall: str, pea: str, body: str, tmp_path) -> tuple[int, object]:
+    """Run ``body`` in ``pea`` with the daemon under strace; return how many
+    ``syscall`` calls the daemon made meanwhile, and what the snippet
+    answered (the caches' tests: what reached the staging directory)."""
+    out = tmp_path / f"strace-{syscall}.out"
+    pid = m.daemon_pid()
+    assert pid, "no daemon pid"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", f"trace={syscall}",
+                               "-o", str(out), "-p", str(pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not _traced(pid):
+            assert tracer.poll() is None, tracer.stderr.read().decode()
+            assert time.monotonic() < deadline, "strace did not attach"
+            time.sleep(0.05)
+        answer = run_snippet(m, pea, body)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        try:
+            tracer.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait()
+    calls = [line for line in out.read_text().splitlines() if f"{syscall}(" in line]
+    return len(calls), answer

@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
-import subprocess
-import time
 
-from helpers_peafs import run_snippet
-from test_symlink_cache import _traced
+from helpers_peafs import daemon_calls, run_snippet
 
 POLICY = '''
 [pea.a.files]
@@ -34,33 +30,6 @@ POLICY = '''
 LISTINGS = 50
 
 
-def _daemon_getdents(m, pea: str, body: str, tmp_path) -> tuple[int, object]:
-    """Run ``body`` in ``pea`` with the daemon under strace; return how many
-    getdents64 calls the daemon made, and what the snippet answered."""
-    out = tmp_path / "strace.out"
-    pid = m.daemon_pid()
-    assert pid, "no daemon pid"
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=getdents64",
-                               "-o", str(out), "-p", str(pid)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while not _traced(pid):
-            assert tracer.poll() is None, tracer.stderr.read().decode()
-            assert time.monotonic() < deadline, "strace did not attach"
-            time.sleep(0.05)
-        answer = run_snippet(m, pea, body)
-    finally:
-        tracer.send_signal(signal.SIGINT)
-        try:
-            tracer.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            tracer.kill()
-            tracer.wait()
-    calls = [line for line in out.read_text().splitlines() if "getdents64(" in line]
-    return len(calls), answer
-
-
 def _stage(m, n: int = 30) -> list[str]:
     (m.root / "d").mkdir()
     names = [f"file{i:02d}" for i in range(n)]
@@ -72,7 +41,7 @@ def _stage(m, n: int = 30) -> list[str]:
 def test_a_listing_is_read_from_the_staging_directory_once(peafs_mount, tmp_path):
     m = peafs_mount(POLICY)
     names = _stage(m)
-    calls, answer = _daemon_getdents(m, "a", f'''
+    calls, answer = daemon_calls(m, "getdents64", "a", f'''
 out = [sorted(os.listdir("d")) for _ in range({LISTINGS})]
 ''', tmp_path)
     assert answer == [names] * LISTINGS

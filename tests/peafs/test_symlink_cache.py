@@ -9,15 +9,13 @@ its new body at once (a new body is a new inode, never a reused node id).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers_peafs import run_snippet
+from helpers_peafs import daemon_calls, run_snippet
 from kernel import cgroup
 
 POLICY = '''
@@ -28,53 +26,10 @@ POLICY = '''
 READS = 50
 
 
-def _traced(pid: int) -> bool:
-    """Whether strace has attached to every thread of ``pid``."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return False
-    for tid in tasks:
-        try:
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except OSError:
-            continue
-        if "\nTracerPid:\t0\n" in status:
-            return False
-    return True
-
-
-def _daemon_readlinks(m, body: str, tmp_path) -> tuple[int, object]:
-    """Run ``body`` in pea a with the daemon under strace; return how many
-    readlinkat calls the daemon made, and what the snippet answered."""
-    out = tmp_path / "strace.out"
-    pid = m.daemon_pid()
-    assert pid, "no daemon pid"
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=readlinkat",
-                               "-o", str(out), "-p", str(pid)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while not _traced(pid):
-            assert tracer.poll() is None, tracer.stderr.read().decode()
-            assert time.monotonic() < deadline, "strace did not attach"
-            time.sleep(0.05)
-        answer = run_snippet(m, "a", body)
-    finally:
-        tracer.send_signal(signal.SIGINT)
-        try:
-            tracer.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            tracer.kill()
-            tracer.wait()
-    calls = [line for line in out.read_text().splitlines() if "readlinkat(" in line]
-    return len(calls), answer
-
-
 def test_a_symlink_body_is_read_from_the_daemon_once(peafs_mount, tmp_path):
     m = peafs_mount(POLICY)
     os.symlink("target-of-the-link", m.root / "link")
-    calls, answer = _daemon_readlinks(m, f'''
+    calls, answer = daemon_calls(m, "readlinkat", "a", f'''
 out = [os.readlink("link") for _ in range({READS})]
 ''', tmp_path)
     assert answer == ["target-of-the-link"] * READS
@@ -87,7 +42,7 @@ def test_a_path_walk_through_a_symlink_reads_it_once(peafs_mount, tmp_path):
     (m.root / "usr" / "lib").mkdir(parents=True)
     (m.root / "usr" / "lib" / "f").write_text("through the link")
     os.symlink("usr/lib", m.root / "lib")
-    calls, answer = _daemon_readlinks(m, f'''
+    calls, answer = daemon_calls(m, "readlinkat", "a", f'''
 out = [os.path.exists("lib/f") for _ in range({READS})]
 ''', tmp_path)
     assert answer == [True] * READS

@@ -189,6 +189,14 @@ def test_a_signal_armed_before_a_transition_never_crosses_it(pod, mode):
                or "SIGIO owner" in e["rule"] for e in audit), audit[-3:]
 
 
+def _end(sup, *procs) -> None:
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+    sup.close()
+
+
 def _sleeper_with_pid(pid: int) -> subprocess.Popen:
     """A `sleep 30` given the dead ``pid`` again (ns_last_pid; bounded)."""
     for _ in range(20):
@@ -223,11 +231,7 @@ def test_an_armed_mark_follows_the_process_not_its_reused_pid():
         assert sup._arm_host(pid)                      # the new process arms a timer
         assert "armed" in (sup.transition_guard(pid) or ""), "the reused pid's note was lost"
     finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
-        sup.close()
+        _end(sup, first, second)
 
 
 def test_the_armed_fast_path_takes_only_the_live_noted_process():
@@ -260,8 +264,4 @@ def test_the_armed_fast_path_takes_only_the_live_noted_process():
         t.join()
         assert sup._armed_already(me) and not sup._armed_already(tids[0])
     finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
-        sup.close()
+        _end(sup, first, second)
