@@ -64,7 +64,7 @@ from pods import netbpf, notify
 from pods import seccomp_procs as procs
 from pods.seccomp_syscalls import (
     F_SETOWN, IOPRIO_WHO_PGRP,
-    IOPRIO_WHO_PROCESS, NAME, NR, PR_SET_PDEATHSIG, PRIO_PGRP, PRIO_PROCESS, PTRACE_TRACEME,
+    IOPRIO_WHO_PROCESS, NAME, PR_SET_PDEATHSIG, PRIO_PGRP, PRIO_PROCESS, PTRACE_TRACEME,
 )
 
 log = logging.getLogger("pods.supervisor")
@@ -96,10 +96,6 @@ def VAL(v: int) -> _Answer:
 
 def FD(fd: int) -> _Answer:
     return _Answer("fd", fd)
-
-
-# The interval timers: mediated only to note their caller (``_do_alarm``).
-_TIMER_CALLS = frozenset((NR["alarm"], NR["setitimer"]))
 
 
 class Supervisor:
@@ -224,9 +220,6 @@ class Supervisor:
         t0 = time.perf_counter_ns()
         name = NAME.get(note.nr, str(note.nr))
         self.stats[name] += 1
-        if note.nr in _TIMER_CALLS and self._armed_already(note.pid):
-            self._continue_armed(fd, note, t0)
-            return
         try:
             self._settle()
             handler = getattr(self, "_do_" + name, None)
@@ -403,6 +396,8 @@ class Supervisor:
 
     def _do_alarm(self, fd, note):
         # Only a non-zero alarm reaches us (the filter); setitimer always.
+        if self._armed_already(note.pid):
+            return CONT
         caller = self._caller(note)
         if not self._arm_process(caller, caller.vtgid):
             return ERR(errno.EPERM)
@@ -410,12 +405,11 @@ class Supervisor:
 
     _do_setitimer = _do_alarm
 
-    # An alarm() or setitimer() of a process already noted needs no decision:
-    # the note lasts as long as the process. Postfix re-arms its watchdog at
-    # every turn of its event loop, 23 calls per message accepted over SMTP
-    # (bench apps_mail), and the full path pins the caller and reads its
-    # identity each time. This path costs the supervisor 4-5 us per call
-    # (bench peas' supervisor_us; a decided kill() costs 12-15 us).
+    # An alarm() or setitimer() of a process already noted needs no more
+    # than its note: the note lasts as long as the process. Postfix re-arms
+    # its watchdog at every turn of its event loop, 23 calls per message
+    # accepted over SMTP (bench apps_mail), and without this _do_alarm would
+    # pin the caller and read its identity each time.
     def _armed_already(self, tid: int) -> bool:
         """True if ``tid`` is the main thread of a process noted as armed.
         The note's pidfd pins that process: while it lives, no other thread
@@ -425,19 +419,6 @@ class Supervisor:
         with self._armed_lock:
             pfd = self._armed.get(tid)
             return pfd is not None and not process_exited(pfd)
-
-    def _continue_armed(self, fd: int, note, t0: int) -> None:
-        try:
-            if notify.respond(fd, note.id, cont=True):
-                self.stats["continued"] += 1
-        except OSError as e:
-            log.error("answering %s by %d: %s", NAME.get(note.nr), note.pid, e)
-            try:   # never leave a caller blocked: refuse (as _handle does)
-                notify.respond(fd, note.id, error=errno.EPERM)
-            except OSError:
-                pass
-        finally:
-            self.busy_ns += time.perf_counter_ns() - t0
 
     # --------------------------- signals armed before a pea transition
     # F_SETOWN (SIGIO/SIGURG to an owner, checked by the kernel at send time
