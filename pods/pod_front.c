@@ -417,7 +417,6 @@ static int parse_reply(const char *p, size_t n, struct reply *r)
                 goto bad_key;
             if (ok && is_exit) { r->has_exit = 1; r->exit_status = v; }
             else if (ok) { r->has_status = 1; r->status = v; }
-            else if (is_exit) r->has_exit = 2;   /* present, not a number */
         } else if (!strcmp(key.p, "error")) {
             r->has_error = 1;
             if (p < end && *p == '"') {
@@ -655,15 +654,12 @@ static int exec_in_pod(const struct request *r, struct buf *msg, int s, sigset_t
         if (truncated || !parse_reply(data, (size_t)n, &rep))
             continue;
         if (rep.has_error) {
-            if (rep.error)
-                say("exec ", r->cmd[0], rep.error, rep.error_len);
-            else
-                say("exec ", r->cmd[0], "", 0);
+            say("exec ", r->cmd[0], rep.error ? rep.error : "", rep.error_len);
             free(rep.error);
             return (int)(rep.has_status ? rep.status : 126);
         }
         free(rep.error);
-        if (rep.has_exit == 1)
+        if (rep.has_exit)
             return (int)rep.exit_status;
     }
     char text[128];
