@@ -75,9 +75,10 @@ unit: deps
 e2e: deps
 	$(PY) -m pytest -q tests/e2e
 
-# CRIU >= 4.1 for checkpoint/restore (docs/MIGRATION.md): the system's if it is
-# new enough and passes `criu check`, else built from Debian trixie's source
-# package into /usr/local/lib/peapod/criu. Idempotent; ~0.1 s when done.
+# CRIU >= 4.1 for checkpoint/restore (docs/MIGRATION.md), built from Debian
+# trixie's source package with contrib/criu/patches/ into
+# /usr/local/lib/peapod/criu (a system criu lacks the patches). Idempotent;
+# ~0.1 s when done, ~20 s to rebuild from the kept source.
 criu:
 	contrib/criu/install-criu
 
