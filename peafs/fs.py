@@ -45,6 +45,7 @@ from . import decide, syscalls
 from .decide import FMODE_EXEC, path_str
 from .budget import OpenBudget
 from .inodes import DEFAULT_FD_CACHE, OPEN_PATH, Inode, InodeTable, LookupCountError
+from .keptfds import KeptReaders, shareable
 
 ERR = pyfuse3.FUSEError
 CACHE_TIMEOUT = 300.0      # entry/attr timeout for ordinary objects (seconds)
@@ -158,6 +159,10 @@ class PeaFS(pyfuse3.Operations):
         # Open files: fh (our descriptor) -> (pea charged, whether the file
         # is on the staging root's own file system).
         self.open_fds: dict[int, tuple[str, bool]] = {}
+        # Plain read-only opens of local regular files share one kept
+        # description per node, each open a dup of it (keptfds.py).
+        self.readers = KeptReaders()
+        self.table.on_close = self.readers.forget
         self._next_dir = 1
 
     # -- helpers -----------------------------------------------------------
@@ -520,8 +525,12 @@ class PeaFS(pyfuse3.Operations):
         else:
             pea = self.enf.judge(ctx, decide.open_file, paths, flags, ino.fmt)
         self._charge(ctx, pea, "open", paths)
+        real = self._real_flags(flags)
         try:
-            fd = os.open(ino.proc_path(), self._real_flags(flags))
+            if shareable(real) and ino.fmt == stat.S_IFREG and ino.key[0] == self.root_dev:
+                fd = self.readers.open(ino.id, ino.proc_path())
+            else:
+                fd = os.open(ino.proc_path(), real)
         except BaseException:
             self.budget.give(pea.name)
             raise

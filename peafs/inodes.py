@@ -118,6 +118,11 @@ class InodeTable:
         self._next_id = ROOT_ID + 1
         self.fd_cache = max(MIN_FD_CACHE, fd_cache)
         self._cached: OrderedDict[Inode, None] = OrderedDict()   # LRU first
+        # Called with a node id whenever its descriptor is closed (evicted,
+        # forgotten): what else the daemon holds open on that object goes
+        # with it (fs.py: the kept read descriptors), so that the daemon
+        # never pins an inode the cache let go.
+        self.on_close = lambda node_id: None
         # open_by_handle_at wants a descriptor on the object's mount that is
         # not O_PATH: one directory per mount id, opened when first met.
         self._mount_fds: dict[int, int | None] = {}
@@ -162,6 +167,7 @@ class InodeTable:
             old, _ = self._cached.popitem(last=False)
             fd, old._fd = old._fd, None
             os.close(fd)
+            self.on_close(old.id)
 
     def reopen(self, ino: Inode) -> int:
         """A descriptor for an object whose descriptor the cache closed."""
@@ -179,6 +185,7 @@ class InodeTable:
         if ino.handle is not None:
             del self._cached[ino]
         os.close(fd)
+        self.on_close(ino.id)
 
     def _same(self, ino: Inode, dir_fd: int, name: str | bytes = b"") -> bool:
         """Whether ``ino`` is the object at ``dir_fd``/``name`` (or behind

@@ -242,6 +242,7 @@ class PeaFSSession:
         finally:
             if self.ops is not None:
                 self.ops.table.close_all()
+                self.ops.readers.close()
                 self.ops.enf.peas.close()
             if self.watch is not None:
                 self.watch.close()

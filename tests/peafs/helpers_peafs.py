@@ -98,10 +98,12 @@ def _traced(pid: int) -> bool:
     return True
 
 
-def daemon_calls(m, syscall: str, pea: str, body: str, tmp_path) -> tuple[int, object]:
+def daemon_calls(m, syscall: str, pea: str, body: str, tmp_path,
+                 containing: str = "") -> tuple[int, object]:
     """Run ``body`` in ``pea`` with the daemon under strace; return how many
-    ``syscall`` calls the daemon made meanwhile, and what the snippet
-    answered (the caches' tests: what reached the staging directory)."""
+    ``syscall`` calls the daemon made meanwhile (only those whose line holds
+    ``containing``, if given), and what the snippet answered (the caches'
+    tests: what reached the staging directory)."""
     out = tmp_path / f"strace-{syscall}.out"
     pid = m.daemon_pid()
     assert pid, "no daemon pid"
@@ -122,5 +124,6 @@ def daemon_calls(m, syscall: str, pea: str, body: str, tmp_path) -> tuple[int, o
         except subprocess.TimeoutExpired:
             tracer.kill()
             tracer.wait()
-    calls = [line for line in out.read_text().splitlines() if f"{syscall}(" in line]
+    calls = [line for line in out.read_text().splitlines()
+             if f"{syscall}(" in line and containing in line]
     return len(calls), answer
