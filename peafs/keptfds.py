@@ -15,8 +15,10 @@ where no caller can tell:
 - plain read-only opens of regular files on the staging root's file
   system (the open's flags, besides O_LARGEFILE and O_CLOEXEC, are
   O_RDONLY and nothing else). A description carries its status flags
-  (O_APPEND, O_NONBLOCK, O_DIRECT, O_NOATIME), which would then be shared;
-  opens that ask for any take their own, as before.
+  (O_APPEND, O_NONBLOCK, O_NOATIME), which would then be shared; opens
+  that ask for any take their own, as before. (O_DIRECT and the exec flag
+  never reach our descriptors: fs.py's _real_flags drops them, so an
+  exec's open, which the kernel reads the program through, shares too.)
 - A description also carries a file offset and flock() locks. PeaFS reads
   at explicit offsets (pread), and it implements no lock operations: the
   kernel keeps a FUSE file's locks on its own file objects, never on our
