@@ -165,9 +165,7 @@ class InodeTable:
         self._cached[ino] = None
         while len(self._cached) > self.fd_cache:
             old, _ = self._cached.popitem(last=False)
-            fd, old._fd = old._fd, None
-            os.close(fd)
-            self.on_close(old.id)
+            self._close(old)
 
     def reopen(self, ino: Inode) -> int:
         """A descriptor for an object whose descriptor the cache closed."""
@@ -179,11 +177,15 @@ class InodeTable:
         return fd
 
     def _drop_fd(self, ino: Inode) -> None:
-        fd, ino._fd = ino._fd, None
-        if fd is None:
+        if ino._fd is None:
             return
         if ino.handle is not None:
             del self._cached[ino]
+        self._close(ino)
+
+    def _close(self, ino: Inode) -> None:
+        """Close ``ino``'s descriptor, and with it what on_close ties to it."""
+        fd, ino._fd = ino._fd, None
         os.close(fd)
         self.on_close(ino.id)
 
