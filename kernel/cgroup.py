@@ -52,6 +52,15 @@ def cgroup2_root() -> Path:
     )
 
 
+# The checkpoint cgroup: a sibling of the peas, made by the daemon only while
+# it runs criu there (pods/criu.py, pods/checkpoint.py). PeaFS gives its
+# processes every file right (peafs/enforce.py); no pea's network programs
+# are attached to it. Its name cannot be a pea's (pea names start with a
+# lowercase letter, kernel/names.py), so no policy can name it, and only
+# host root can move a process into it (the pod does not own its cgroups).
+CHECKPOINT = "_criu"
+
+
 def pod_cgroup(pod: str) -> Path:
     return cgroup2_root() / CGROUP_PREFIX / pod
 

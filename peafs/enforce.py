@@ -25,12 +25,19 @@ import errno
 
 import pyfuse3
 
-from kernel import procfs
+from kernel import cgroup, procfs
+from rules.policy import Pea
 
 from . import decide, execwatch
 from .peacache import PeaCache
 
 ERR = pyfuse3.FUSEError
+# criu, run by the daemon for `pod checkpoint` and `pod restore` in the
+# pod's checkpoint cgroup (pods/criu.py): it reads the mapped files of every
+# pea's processes at a dump and reopens their files with their flags at a
+# restore, so it needs every right. Only host root can place a process in
+# that cgroup (kernel/cgroup.py CHECKPOINT).
+CHECKPOINTER = Pea(cgroup.CHECKPOINT, files={"/": "rwx"})
 ALLOW = decide.ALLOW
 path_str = decide.path_str
 
@@ -54,7 +61,10 @@ class Enforcer:
             # A pending transition may have committed: apply it first, so
             # the new program is judged under its new pea (execwatch.py).
             self.watch.settle()
-        return self.policy.peas.get(self.peas.pea_of(ctx.pid))
+        name = self.peas.pea_of(ctx.pid)
+        if name == cgroup.CHECKPOINT:
+            return CHECKPOINTER
+        return self.policy.peas.get(name)
 
     def caller(self, ctx, operation: str, path: str = ""):
         """The caller's Pea; EACCES (logged) if it is in none of this pod."""

@@ -22,7 +22,10 @@ tagger places a new process in its pea before it runs anything, and a
 process in no pea is never cached, so it is read again once it has one.
 ``moved()`` bumps a generation and empties the table under a lock; a miss
 records its answer only if no move happened while it read /proc (a read that
-raced a move may be stale; the next request reads again). Moving a pod
+raced a move may be stale; the next request reads again). The one other mover is
+criu, which restores tasks in the checkpoint cgroup (kernel.cgroup
+CHECKPOINT) and moves each into its pea: a thread in that cgroup is never
+cached. Moving a pod
 process by hand (writing to a pea's cgroup.procs from the host) is not
 supported: the cache would keep the old pea for that thread until it exits.
 
@@ -77,9 +80,12 @@ class PeaCache:
         # reused between the two, the pidfd would name the new thread and
         # the read would describe it too.
         pea = cgroup.pea_of(tid, self.pod)
-        if pea is None:
+        if pea is None or pea == cgroup.CHECKPOINT:
+            # Never cached in the checkpoint cgroup: criu moves the tasks it
+            # restores into their peas itself (--manage-cgroups), without a
+            # call to moved(), and they must be judged under their peas.
             os.close(fd)
-            return None
+            return pea
         with self._lock:
             if generation != self._generation or tid in self._entries:
                 os.close(fd)          # a move raced this read, or a twin did

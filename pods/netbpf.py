@@ -483,6 +483,18 @@ def detach(cgroup_dir: str, progs: dict[str, int]) -> None:
     close them. With several programs on a hook (BPF_F_ALLOW_MULTI) the
     kernel runs them all and a call passes only if each allows it: a reload
     attaches the new ones first, so the pea is never without its rules."""
+    try:
+        suspend(cgroup_dir, progs)
+    finally:
+        for prog in progs.values():
+            os.close(prog)
+
+
+def suspend(cgroup_dir: str, progs: dict[str, int]) -> None:
+    """Detach ``progs`` ({hook: program fd}) from the cgroup, keeping the
+    descriptors for ``resume``. Every hook is tried; the first error is
+    raised after. Only for a pea none of whose processes can run (a
+    checkpoint holds the pod still: pods/checkpoint.py)."""
     cg = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         first = None
@@ -493,8 +505,23 @@ def detach(cgroup_dir: str, progs: dict[str, int]) -> None:
                 _bpf(BPF_PROG_DETACH, attr)
             except BpfError as e:
                 first = first or e
-            finally:
-                os.close(prog)
+        if first is not None:
+            raise first
+    finally:
+        os.close(cg)
+
+
+def resume(cgroup_dir: str, progs: dict[str, int]) -> None:
+    """Attach again what ``suspend`` detached (every hook tried, the first
+    error raised after)."""
+    cg = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        first = None
+        for hook, prog in progs.items():
+            try:
+                _attach(prog, cg, hook)
+            except BpfError as e:
+                first = first or e
         if first is not None:
             raise first
     finally:
