@@ -80,6 +80,9 @@ Refused with EPERM, and what each refusal prevents:
 - prctl(PR_SET_PDEATHSIG), alarm (but alarm(0)) and setitimer are mediated
   (noted, then let through: see the supervisor's "signals armed before a
   transition"); other prctl options are allowed.
+- fcntl(F_SETSIG) of SIGCONT or SIGKILL: a signal the kernel would send
+  on an event from outside the pod, which could wake or kill a process the
+  daemon holds stopped for a checkpoint (pods/podhold.py).
 - fcntl(F_SETOWN_EX), ioctl(FIOSETOWN, SIOCSPGRP): set the process that
   receives SIGIO/SIGURG (a signal to another process) through a structure in
   memory; F_SETOWN (a register) is mediated instead. ioctl(TIOCSTI,
@@ -104,11 +107,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 import struct
 
 from pods.seccomp_syscalls import (
     AF_INET, AF_INET6, AF_NETLINK, AF_UNIX, AUDIT_ARCH_X86_64, CLONE_FILES, CLONE_NEWUSER, CLONE_THREAD,
-    F_SETOWN, F_SETOWN_EX, FIOSETOWN, IOPRIO_WHO_PROCESS, IPPROTO_SCTP, NR,
+    F_SETOWN, F_SETOWN_EX, F_SETSIG, FIOSETOWN, IOPRIO_WHO_PROCESS, IPPROTO_SCTP, NR,
     PR_SET_PDEATHSIG, PRIO_PROCESS, S_IFBLK, S_IFCHR, S_IFMT, SAFE_PERSONALITIES, SIOCSPGRP,
     SOCK_SEQPACKET, TIOCLINUX, TIOCSTI, X32_SYSCALL_BIT,
 )
@@ -368,9 +372,20 @@ def _build(notify_ret: int) -> bytes:
     block(["socketpair"], sockpair)
 
     def fcntl():
+        setsig = p.label()
         p.ld(_arg_lo(1))
         p.if_then(_JMP_JEQ_K, F_SETOWN, NOTIFY)
         p.if_then(_JMP_JEQ_K, F_SETOWN_EX, EPERM)
+        p.if_then(_JMP_JEQ_K, F_SETSIG, setsig)
+        p.ret(ALLOW)
+        # F_SETSIG with SIGCONT or SIGKILL: a descriptor made ready from
+        # outside the pod (a peer, the log pipe the daemon drains) would
+        # send it with no pod code running, and wake or kill a process
+        # that `pod checkpoint` holds stopped (pods/podhold.py).
+        p.here(setsig)
+        p.ld(_arg_lo(2))
+        p.if_then(_JMP_JEQ_K, signal.SIGCONT, EPERM)
+        p.if_then(_JMP_JEQ_K, signal.SIGKILL, EPERM)
         p.ret(ALLOW)
 
     block(["fcntl"], fcntl)

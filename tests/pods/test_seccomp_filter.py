@@ -141,6 +141,10 @@ def test_bpf_argument_rules():
     assert run_bpf(PROG, NR["fcntl"], (3, 8, 42)) == NOTIFY
     assert run_bpf(PROG, NR["fcntl"], (3, 15, 0)) == EPERM
     assert run_bpf(PROG, NR["fcntl"], (3, 3, 0)) == ALLOW
+    assert run_bpf(PROG, NR["fcntl"], (3, 10, 18)) == EPERM                  # F_SETSIG SIGCONT
+    assert run_bpf(PROG, NR["fcntl"], (3, 10, 9)) == EPERM                   # F_SETSIG SIGKILL
+    assert run_bpf(PROG, NR["fcntl"], (3, 10, 0)) == ALLOW                   # F_SETSIG SIGIO
+    assert run_bpf(PROG, NR["fcntl"], (3, 10, 34)) == ALLOW                  # F_SETSIG SIGRTMIN
     assert run_bpf(PROG, NR["ioctl"], (0, 0x5412, 0)) == EPERM               # TIOCSTI
     assert run_bpf(PROG, NR["ioctl"], (0, 0x8901, 0)) == EPERM               # FIOSETOWN
     assert run_bpf(PROG, NR["ioctl"], (0, 0x5401, 0)) == ALLOW               # TCGETS
@@ -243,6 +247,9 @@ async def test_argument_refusals_in_a_pod(world_dir):
         assert await a.call("syscall", NR["socket"], 40, 1, 0) == (-1, errno.EAFNOSUPPORT)
         # SIGIO owner through memory, typing into a terminal
         assert await a.call("syscall", NR["fcntl"], 0, 15, 0) == (-1, errno.EPERM)
+        # a signal sent on an outside event, which would wake a held process
+        assert await a.call("syscall", NR["fcntl"], 0, 10, 18) == (-1, errno.EPERM)
+        assert await a.call("syscall", NR["fcntl"], 0, 10, 34) == (0, 0)
         assert await a.call("syscall", NR["ioctl"], 0, 0x5412, 0) == (-1, errno.EPERM)
         # x32 ABI
         assert await a.call("syscall", 0x40000000 | 39) == (-1, errno.EPERM)
