@@ -37,7 +37,7 @@ from pods.cliout import EXIT_FAILED, EXIT_USAGE, err as _err
 
 # Modules that contribute subcommands, in the order `pod --help` lists them
 # (imported by build_parser: `pod exec` needs none of them, only pods/exec_cmd.py).
-_GROUPS = ["pods.rules_cmd", "pods.lifecycle_cmd", "pods.service_cmd"]
+_GROUPS = ["pods.rules_cmd", "pods.lifecycle_cmd", "pods.service_cmd", "pods.checkpoint_cmd"]
 
 # Commands any user may run: the policy tools read files and print. Every
 # other command creates or reads namespaces, cgroups, mounts and the root-only

@@ -101,6 +101,8 @@ class PodDaemon:
         self.cgroup_files: dict[str, list[str]] = {}
         self.services: services.ServiceManager | None = None
         self.service_log: services.ServiceLog | None = None
+        self.restore_dir: str | None = None        # `pod restore`: the image to put back
+        self.restored_listeners: list[int] = []
 
     def attach_net_rules(self) -> None:
         """Each pea's bind/connect rules, and the host's addresses refused
@@ -380,6 +382,11 @@ class PodDaemon:
             elif op == "reload":
                 async with self._reload_lock:
                     await control.asend_msg(conn, await self.reload(msg.get("policy")))
+            elif op == "checkpoint":
+                # Under the reload lock: a reload swaps the peas' programs,
+                # which a checkpoint detaches and attaches again.
+                async with self._reload_lock:
+                    await control.asend_msg(conn, await self._checkpoint(msg))
             else:
                 await control.asend_msg(conn, {"error": f"unknown op {op!r}", "status": 2})
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -482,6 +489,20 @@ class PodDaemon:
                 netbpf.detach(str(cgroup.pea_cgroup(self.name, pea)), old)
             self.cgroup_files.pop(pea, None)
 
+    async def _checkpoint(self, msg) -> dict:
+        from pods import checkpoint
+        from pods.criu import CriuError
+
+        if self.state.get("state") != "running":
+            return {"error": f"pod {self.name} is {self.state.get('state')}", "status": 2}
+        try:
+            return await checkpoint.checkpoint(self, str(msg.get("dir")),
+                                               bool(msg.get("leave_running")))
+        except (checkpoint.CheckpointError, CriuError) as e:
+            return {"error": str(e), "status": 1}
+        except OSError as e:
+            return {"error": f"checkpoint: {e}", "status": 1}
+
     def status(self) -> dict:
         return {"ok": True, "name": self.name, "daemon_pid": os.getpid(),
                 "state": self.state.get("state"), "started": self.state.get("started"),
@@ -559,6 +580,16 @@ class PodDaemon:
                 if self.session is not None:
                     self.session.set_transition_guard(self.supervisor.transition_guard)
                 nursery.start_soon(self.supervisor.serve)
+                adopted = {}
+                if self.restore_dir is not None:
+                    # Before the control socket: no `pod exec` may take a
+                    # pid the image needs (pods/checkpoint.py).
+                    from pods import checkpoint
+                    from pods.criu import CriuError
+                    try:
+                        adopted = await checkpoint.restore(self, self.restore_dir)
+                    except (checkpoint.CheckpointError, CriuError) as e:
+                        raise StartError(f"restore from {self.restore_dir}: {e}") from None
                 listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 path = self.dir / "control"
                 await listener.bind(str(path))
@@ -576,7 +607,7 @@ class PodDaemon:
                 self.services = services.ServiceManager(self, self.policy.services,
                                                         self.service_log)
                 try:
-                    await self.services.start(nursery)
+                    await self.services.start(nursery, adopted)
                 except RuntimeError as e:
                     raise StartError(str(e)) from None
                 if self.stopping:
@@ -660,6 +691,9 @@ class PodDaemon:
         for fd in self.ipc_ns.values():
             os.close(fd)
         self.ipc_ns.clear()
+        for fd in self.restored_listeners:
+            os.close(fd)
+        self.restored_listeners.clear()
         if self.net_queue is not None:
             os.close(self.net_queue)
             self.net_queue = None
@@ -734,6 +768,8 @@ def main(argv=None) -> int:
                    "started us (the daemon's environment does not carry it)")
     p.add_argument("--ready-fd", type=int, required=True)
     p.add_argument("--lock-fd", type=int, required=True)
+    p.add_argument("--restore", metavar="DIR", help="`pod restore`: put this checkpoint's "
+                   "processes back before the services start")
     args = p.parse_args(argv)
     os.set_inheritable(args.lock_fd, False)
     os.set_inheritable(args.ready_fd, False)
@@ -744,6 +780,7 @@ def main(argv=None) -> int:
         return 2
     run = runtime.RunDir(args.run_dir)
     daemon = PodDaemon(policy, run)
+    daemon.restore_dir = args.restore
     daemon.state = {"name": policy.name, "policy": str(Path(args.policy).resolve()),
                     "root": str(policy.root), "daemon_pid": os.getpid(),
                     "uid_map": [list(r) for r in policy.uid_map],

@@ -153,16 +153,22 @@ def _conflicts(run, policy) -> str | None:
 
 
 def cmd_start(args) -> int:
+    return start(args, args.policy)
+
+
+def start(args, policy_path, restore: str | None = None) -> int:
+    """`pod start POLICY`, and `pod restore` (``restore``: the checkpoint
+    whose processes the new daemon puts back before its services start)."""
     run = args.run
     import rules  # here, not at the top: every other command starts faster
 
     try:
-        policy = rules.load(args.policy)
+        policy = rules.load(policy_path)
     except rules.PolicyError as e:
         print(str(e), file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:
-        _err(f"{args.policy}: {e.strerror}")
+        _err(f"{policy_path}: {e.strerror}")
         return EXIT_USAGE
     from pods.daemon import cleanup_leftovers
 
@@ -189,12 +195,12 @@ def cmd_start(args) -> int:
         if d.exists():  # a dead pod of this name: clear what it left
             cleanup_leftovers(run, policy.name)
         d.mkdir(mode=0o700)
-        return _spawn_daemon(policy, args, d)
+        return _spawn_daemon(policy, args, d, policy_path, restore)
     finally:
         os.close(lock)
 
 
-def _spawn_daemon(policy, args, d: Path) -> int:
+def _spawn_daemon(policy, args, d: Path, policy_path, restore: str | None) -> int:
     import subprocess
     run = args.run
     from pods.daemon import cleanup_leftovers
@@ -204,9 +210,11 @@ def _spawn_daemon(policy, args, d: Path) -> int:
     fcntl.flock(pod_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     ready_r, ready_w = os.pipe()
     log = os.open(d / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    cmd = python_command("pods.daemon", "--policy", str(Path(args.policy).resolve()),
+    cmd = python_command("pods.daemon", "--policy", str(Path(policy_path).resolve()),
                          "--run-dir", str(run.path), "--ready-fd", str(ready_w),
                          "--lock-fd", str(pod_lock), site=True)
+    if restore is not None:
+        cmd += ["--restore", str(Path(restore).resolve())]
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 pass_fds=[ready_w, pod_lock], start_new_session=True,

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import trio
 
+from kernel import procfs
 from pods.runtime import SERVICE_LOG_MAX as LOG_MAX
 
 LINE_MAX = 4096             # a longer line is cut into pieces of this size
@@ -87,6 +88,9 @@ def describe_end(final: dict, program: str) -> tuple[str, bool]:
     """How a run of ``program`` ended, in words, and whether it failed."""
     if "error" in final:
         return f"cannot start {program}: {final['error']}", True
+    if final.get("restored"):
+        # Its status went to the pod's pid 1 (pods/checkpoint.py).
+        return "the restored process ended (status unknown)", True
     if final.get("signal"):
         return f"killed by signal {final['signal']}", True
     code = final.get("exit")
@@ -106,6 +110,7 @@ class ServiceState:
         self.since = time.time()
         self.settled = trio.Event()       # the first run started, or is over
         self.first_failure: str | None = None
+        self.log_pipe: int | None = None  # inode of the current run's output pipe
         self.last_line = ""               # its last line of output (for a failed start)
 
     def set(self, state: str) -> None:
@@ -134,15 +139,21 @@ class ServiceManager:
         self.accepted = False     # `pod start` has succeeded: failures restart from now on
         self.nursery = None
 
-    async def start(self, nursery) -> None:
+    async def start(self, nursery, adopted: dict | None = None) -> None:
         """Start every service; return once they run, or raise RuntimeError
-        naming the first that failed to start or died at once."""
+        naming the first that failed to start or died at once.
+
+        ``adopted`` ({service: (host pid, log pipe read end or None)}, from
+        `pod restore`): those services are already running, restored from
+        a checkpoint: they are followed, not started, and started again by
+        their restart policy once they end."""
         self.nursery = nursery
+        adopted = adopted or {}
         if not self.states:
             self.accepted = True
             return
         for st in self.states:
-            nursery.start_soon(self._run, st)
+            nursery.start_soon(self._run, st, adopted.get(st.spec.name))
         deadline = trio.current_time() + START_GRACE
         for st in self.states:
             await st.settled.wait()
@@ -156,25 +167,28 @@ class ServiceManager:
     def status(self) -> list[dict]:
         return [st.as_dict() for st in self.states]
 
-    async def _run(self, st: ServiceState) -> None:
+    async def _run(self, st: ServiceState, adopt=None) -> None:
         try:
-            await self._runs(st)
+            await self._runs(st, adopt)
         finally:
             st.settled.set()     # `start` never waits for a service that will not run
 
-    async def _runs(self, st: ServiceState) -> None:
+    async def _runs(self, st: ServiceState, adopt=None) -> None:
         spec = st.spec
         delay = RESTART_FIRST
         first = True
         while not self.daemon.stopping:
             began = time.monotonic()
             st.set("starting")
-            try:
-                uid, gid = self.daemon.resolve_user(spec.user)
-            except Exception as e:  # noqa: BLE001 - reported like a failed exec
-                final = {"error": str(e), "status": 126}
+            if adopt is not None:
+                final, adopt = await self._adopted_run(st, *adopt), None
             else:
-                final = await self._one_run(st, uid, gid)
+                try:
+                    uid, gid = self.daemon.resolve_user(spec.user)
+                except Exception as e:  # noqa: BLE001 - reported like a failed exec
+                    final = {"error": str(e), "status": 126}
+                else:
+                    final = await self._one_run(st, uid, gid)
             st.pid = st.vpid = None
             what, failed = describe_end(final, spec.exec[0])
             st.last_end = what
@@ -201,9 +215,29 @@ class ServiceManager:
             if not self.daemon.stopping:
                 st.restarts += 1
 
+    async def _adopted_run(self, st: ServiceState, pid: int, out_r: int | None) -> dict:
+        """Follow a process `pod restore` put back, until it ends. It is a
+        child of the pod's pid 1, not of a monitor of ours, so its exit
+        status is pid 1's to reap: the end is reported without one."""
+        pidfd = os.pidfd_open(pid)
+        try:
+            if out_r is not None:
+                st.log_pipe = os.fstat(out_r).st_ino
+                self.nursery.start_soon(self._pump, st, out_r)
+            st.pid, st.vpid = pid, procfs.vpid(pid)
+            st.set("running")
+            st.settled.set()
+            self.log.event(st.spec.name, f"restored (pid {st.vpid} in the pod)")
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        return {"restored": True}
+
     async def _one_run(self, st: ServiceState, uid: int, gid: int) -> dict:
         spec = st.spec
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        # The pipe's inode names it in a checkpoint's image (pods/checkpoint.py).
+        st.log_pipe = os.fstat(out_r).st_ino
         null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         w_open = [True]
 
