@@ -7,8 +7,8 @@ a tmp dir, [pod.net] address 10.88.N.2/24 with N in 200-250, host id range;
 the peas are the example's, unchanged) is set up with examples/web/setup,
 which installs apache2, mariadb-server and python3-pymysql if they are
 missing (this test never skips for them), builds the root (the shop
-database included), starts the pod (Apache is its init, pea httpd) and
-MariaDB in the db pea. From the host, over the pod's veth:
+database included), starts the pod (its services: Apache in pea httpd,
+MariaDB in pea db). From the host, over the pod's veth:
 
 - ``GET /`` is the static page;
 - ``GET /cgi-bin/items`` lists the five rows of shop.items, read by the CGI

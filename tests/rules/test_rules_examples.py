@@ -82,7 +82,8 @@ def test_web_pod(web):
     assert web.name == "web" and list(web.peas) == ["httpd", "cgi", "db"]
     assert web.net.address == "10.88.1.2/24"
     assert web.uid_map == (rules.IdRange(0, 300000, 65536),)   # not the mail pod's range
-    assert web.init[0] == "/usr/sbin/apache2"
+    assert [(s.name, s.pea, s.exec[0]) for s in web.services] == [
+        ("apache", "httpd", "/usr/sbin/apache2"), ("mariadb", "db", "/usr/sbin/mariadbd")]
 
 
 @pytest.mark.parametrize("cgi", ["/usr/lib/cgi-bin/shop.pl", "/usr/lib/cgi-bin/a/b.py",
