@@ -54,9 +54,15 @@ from pods import namespaces as ns
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "contrib" / "criu" / "install-criu"
 KDAT_FD = 9          # contrib/criu/install-criu builds criu with RUNDIR=/proc/self/fd/9
-# Namespaces entered through the target's pidfd (never CLONE_NEWUSER).
+# Namespaces entered through the target's pidfd (never CLONE_NEWUSER). The
+# time namespace too: a restore puts the tasks in a time namespace criu
+# makes (their CLOCK_MONOTONIC goes on from the dump), owned by the host's
+# user namespace; criu dumps a tree in a time namespace other than its own
+# by entering it from the tree's user namespace, which it may not ("Can't
+# setns 7/time: Operation not permitted"). Sharing it, criu saves the
+# clocks' values instead, as for the first dump.
 POD_NS = (libc.CLONE_NEWNS | libc.CLONE_NEWNET | libc.CLONE_NEWUTS | libc.CLONE_NEWPID
-          | libc.CLONE_NEWCGROUP)
+          | libc.CLONE_NEWCGROUP | libc.CLONE_NEWTIME)
 
 
 class CriuError(Exception):
