@@ -50,6 +50,7 @@ class Enforcer:
         self.audit = audit
         self.watch = watch        # execwatch.ExecWatch: pending transitions
         self.peas = PeaCache(self.pod)
+        self.restoring = False    # PeaFSSession.restoring: all callers are the checkpointer
         if watch is not None:
             watch.on_move = self.peas.moved
 
@@ -62,7 +63,7 @@ class Enforcer:
             # the new program is judged under its new pea (execwatch.py).
             self.watch.settle()
         name = self.peas.pea_of(ctx.pid)
-        if name == cgroup.CHECKPOINT:
+        if name == cgroup.CHECKPOINT or (self.restoring and name is not None):
             return CHECKPOINTER
         return self.policy.peas.get(name)
 

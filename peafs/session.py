@@ -143,6 +143,16 @@ class PeaFSSession:
         if self.watch is not None:
             self.watch.guard = guard
 
+    def restoring(self, on: bool) -> None:
+        """While ``on``, every caller in a pea of this pod is judged as the
+        checkpointer (every file right: enforce.CHECKPOINTER). For `pod
+        restore` only, while criu runs: the pod then holds nothing but our
+        pid 1 and keeper and the tasks criu is restoring, which run criu's
+        code and open their files (and "/", their cwd) after criu moved them
+        into their peas. The daemon turns it off before any restored code
+        runs (pods/checkpoint.py)."""
+        self.ops.enf.restoring = bool(on)
+
     def swap_policy(self, new) -> None:
         """Decide every later request by ``new`` (`pod rules reload`). Run it
         on the file system's own loop (``trio.from_thread.run_sync`` with

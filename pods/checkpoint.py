@@ -341,8 +341,10 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
                     img.mkdir(mode=0o700)
                     pidfd = os.pidfd_open(t["root"])
                     try:
+                        # --file-locks: a database holds its files locked
+                        # (MariaDB); they are taken again at restore.
                         args = ["dump", "-t", str(t["vpid"]), "-D", "IMG", "-o", "dump.log",
-                                "-v4", "--shell-job", "--leave-running"]
+                                "-v4", "--shell-job", "--leave-running", "--file-locks"]
                         for key in t["external"]:
                             args += ["--external", key]
                         rc, secs = _run_criu(daemon, binary, kdat.dir, img, pidfd, None, args,
@@ -493,13 +495,21 @@ def _restore(daemon, d: Path, meta: dict, ipc_fds: dict, pipes: dict) -> dict[st
         null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         progs = _unix_programs(daemon)
         _suspend(daemon, progs)
+        # criu moves each task into its pea first, then restores its files
+        # from there ("Can't open root: Permission denied" for a pea
+        # without "/" r): PeaFS gives every caller of the pod all rights
+        # while criu runs. Nothing else runs here yet (before the control
+        # socket and the services), and the tasks end stopped
+        # (--leave-stopped); a timer that could wake one (SIGCONT) was
+        # refused at the checkpoint. Off again before anything is resumed.
+        daemon.session.restoring(True)
         try:
             for t in meta["trees"]:
                 img = d / t["dir"]
                 keep = [null]
                 args = ["restore", "-D", "IMG", "-o", "restore.log", "-v4", "-d",
-                        "--shell-job", "--leave-stopped", "--manage-cgroups=soft",
-                        "--cgroup-yard", "/tmp",
+                        "--shell-job", "--leave-stopped", "--file-locks", "--manage-cgroups=soft",
+                        "--cgroup-yard", criu.YARD,
                         "--join-ns", "mnt:/proc/1/ns/mnt", "--join-ns", "user:/proc/1/ns/user"]
                 for key in t["external"]:
                     args += ["--inherit-fd", f"fd[{null}]:{key}"]
@@ -522,6 +532,7 @@ def _restore(daemon, d: Path, meta: dict, ipc_fds: dict, pipes: dict) -> dict[st
                     raise CheckpointError(f"restored process {pid} is in {pea!r}, not in a pea "
                                           f"of the policy")
         finally:
+            daemon.session.restoring(False)
             os.close(null)
             problems = _resume(daemon, progs)
             _remove_checkpoint_cgroup(daemon.name)

@@ -27,7 +27,7 @@ with what it is for:
 4. for a restore only, the child takes a private copy of the pod's mount
    namespace with a writable proc of the pod's pid namespace (the pod's is
    read-only, and criu writes loginuid and timens_offsets of its own
-   tasks) and a tmpfs on /tmp for criu's cgroup yard. The restored tasks
+   tasks) and a tmpfs for criu's cgroup yard (YARD). The restored tasks
    go to the pod's own mount namespace (--join-ns mnt);
 5. it execs criu from a descriptor opened on the host (the binary is not in
    the pod's tree), with criu's feature cache as descriptor 9: criu is built
@@ -127,15 +127,25 @@ def launcher_argv(python: list[str], *, cgroup_procs: str, ns_fd: int, ipc_fd: i
     return argv + ["--"] + criu_args
 
 
+# criu's cgroup yard (--cgroup-yard: where it mounts the hierarchies it
+# moves tasks in): a tmpfs over /proc/driver of criu's own proc. It must be a
+# directory that exists in every pod and that no restored file lives under:
+# on the pod's /tmp it hid the ghost files criu makes there for deleted
+# files (MariaDB's) from criu's own clean-up ("Couldn't unlink remap
+# /tmp/ib....cr.1.ghost"), and a directory made in the staging tree would
+# be a write to the pod's disk. The kernel makes /proc/driver in every proc.
+YARD = "/proc/driver"
+
+
 def _private_proc() -> None:
     """Step 4: this process's own copy of the pod's mount namespace, with a
-    writable proc of the pod's pid namespace and a tmpfs on /tmp. Nothing
-    of it reaches the pod's."""
+    writable proc of the pod's pid namespace and a tmpfs yard (YARD).
+    Nothing of it reaches the pod's."""
     flags = ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC
     libc.unshare(libc.CLONE_NEWNS)
     ns.mount("none", "/", None, ns.MS_REC | ns.MS_PRIVATE)
     ns.mount("proc", "/proc", "proc", flags)
-    ns.mount("tmpfs", "/tmp", "tmpfs", flags, "mode=700")
+    ns.mount("tmpfs", YARD, "tmpfs", flags, "mode=700")
 
 
 def main(argv=None) -> int:
