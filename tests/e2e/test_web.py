@@ -222,6 +222,30 @@ def test_web_pod_end_to_end(tmp_path, e2e):
         # The site still works after all that.
         status, _, body = http_get(f"http://{ip}/cgi-bin/items")
         assert status == 200 and body.splitlines() == ROWS, (status, body)
+
+        # 8. Moved (README, "Moving a pod"): checkpoint (the pod stops),
+        # restore; Apache and MariaDB come back as they were, in their
+        # peas, and answer the same pages; a CGI program executed by the
+        # restored Apache moves to pea cgi; the break-ins fail as before.
+        r = run.pod("checkpoint", name, base / "img", timeout=300)
+        assert r.returncode == 0, r.stderr
+        before = {p["vpid"]: (p["pea"], p["command"]) for p in json.loads(ps.stdout)
+                  if p["vpid"] not in (None, 1)}
+        r = run.pod("restore", base / "img", timeout=300)
+        assert r.returncode == 0, r.stderr
+        status, _, body = http_get(f"http://{ip}/")
+        assert status == 200 and "Pea-Pod web example" in body, (status, body)
+        status, headers, body = http_get(f"http://{ip}/cgi-bin/items")
+        assert status == 200 and body.splitlines() == ROWS, (status, body)
+        assert headers.get("X-Peapod-Pea") == "cgi", dict(headers)
+        ps = run.pod("ps", name, "--json", timeout=30)
+        after = {p["vpid"]: (p["pea"], p["command"]) for p in json.loads(ps.stdout)}
+        # Every process of before, with its pid in the pod, pea and command.
+        assert {v: after.get(v) for v in before} == before, (before, after)
+        assert {p["pea"] for p in json.loads(ps.stdout) if "mariadbd" in p["command"]} == {"db"}
+        e2e.run_payload(run, name, "httpd", HTTPD_PROBE, HTTPD_REFUSED, HTTPD_ALLOWED, user=33)
+        e2e.assert_exec_refused(run, name, "db", "/bin/sh", "-c", "print('it runs')",
+                                output="it runs")
         passed = True
     finally:
         stop, left = e2e.teardown(run, name, root, stop_timeout=10)
