@@ -153,6 +153,11 @@ def test_a_restored_counter_goes_on_in_its_peas_with_its_mediation(pod_factory, 
         return [x for x in lines if x.get("line", "").startswith("line ")
                 and int(x["line"].split()[1]) > at_dump]
     wait_for(logged_after, what="the restored service's output in its log")
+    # PeaFS judges by the peas again (criu ran with every right): pea work
+    # may not write the counter's directory.
+    r = pod.exec("/bin/sh", "-c", "echo x > /srv/data/x", pea="work")
+    assert r.returncode != 0 and "Permission denied" in r.stderr, (r.returncode, r.stderr)
+    assert not (pod.root / "srv/data/x").exists()
     # A restored pod is checkpointed again: its tasks are in the time
     # namespace criu made for them, which criu must share to dump them.
     r = pod.cli("checkpoint", pod.name, tmp_path / "again", "--leave-running", timeout=300)
