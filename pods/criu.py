@@ -190,7 +190,12 @@ def main(argv=None) -> int:
             os.dup2(a.kdat_fd, KDAT_FD, inheritable=True)
             os.set_inheritable(a.img_fd, True)
             argv = ["criu"] + [x.replace("IMG", f"/proc/self/fd/{a.img_fd}") for x in args]
-            os.execve(a.criu_fd, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})   # 5.
+            # No PATH: in the pod's mount namespace every directory on it
+            # is the pod's (/sbin is a link pod root may change), and criu,
+            # host root, would run what pod root put there (it execs
+            # iptables-restore for its network lock, tar for a tmpfs).
+            # What criu must not run from the pod it cannot find.
+            os.execve(a.criu_fd, argv, {"PATH": "/nonexistent/peapod-criu-runs-nothing"})   # 5.
         except BaseException as e:        # noqa: BLE001 - never return into the parent's code
             print(f"pods.criu: {e}", file=sys.stderr)
         os._exit(121)
