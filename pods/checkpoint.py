@@ -290,6 +290,12 @@ def _criu_failure(img: Path, log: str, what: str) -> CheckpointError:
     except OSError:
         lines = []
     errs = [ln.split(": ", 1)[-1] for ln in lines if "Error" in ln and "RLIMIT_NOFILE" not in ln]
+    if any("Connected TCP socket" in e for e in errs):
+        # criu's own advice (--tcp-established) does not apply to a pod
+        # (the dump's comment says why): say what the administrator can do.
+        return CheckpointError(f"{what} failed: a TCP connection is open, and a checkpoint "
+                               f"keeps none; the pod goes on: try again when its clients are "
+                               f"done (log: {img / log})")
     tail = "; ".join((errs or lines or ["no log"])[-3:])
     return CheckpointError(f"{what} failed: {tail} (log: {img / log})")
 
@@ -315,6 +321,7 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
     with criu.FeatureCache(binary) as kdat:
         held = podhold.hold(daemon.name, keep=_ours(daemon), timeout=HOLD_TIMEOUT)
         kill = not leave_running
+        must_stop = False   # the programs could not be attached again
         try:
             progs = _unix_programs(daemon)
             # The tree's facts, read while nothing moves.
@@ -343,8 +350,15 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
                     try:
                         # --file-locks: a database holds its files locked
                         # (MariaDB); they are taken again at restore.
+                        # --leave-running: every tree stays (stopped) until
+                        # all are dumped, so that a tree that fails leaves
+                        # the pod whole. Established TCP connections are not kept
+                        # (--tcp-established): their restore sets TCP_REPAIR
+                        # from inside the task, which needs CAP_NET_ADMIN
+                        # over the pod's network namespace, which pod root
+                        # never has (MIGRATION.md 2.14).
                         args = ["dump", "-t", str(t["vpid"]), "-D", "IMG", "-o", "dump.log",
-                                "-v4", "--shell-job", "--leave-running", "--file-locks"]
+                                "-v4", "--shell-job", "--file-locks", "--leave-running"]
                         for key in t["external"]:
                             args += ["--external", key]
                         rc, secs = _run_criu(daemon, binary, kdat.dir, img, pidfd, None, args,
@@ -359,20 +373,25 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
                 problems = _resume(daemon, progs)
                 _remove_checkpoint_cgroup(daemon.name)
             if problems:
-                kill = True
+                must_stop = True        # never run on without its programs
                 raise CheckpointError("could not attach the abstract-Unix programs again ("
-                                      + "; ".join(problems) + "): the pod is stopped")
+                                      + "; ".join(problems) + ")")
             ran = held.verify()
             if ran:
                 raise CheckpointError(f"pod processes ran during the dump (host pids "
                                       f"{', '.join(map(str, ran))}): the image is not used")
         except BaseException:
             _discard(directory)
-            if kill:
+            # A refusal or a failure: the pod goes on as it was, unless its
+            # programs could not be put back (checkpoint() stops it).
+            if must_stop:
+                daemon.checkpoint_stops = True
                 _kill_held(held)
             held.release()
             raise
         if kill:
+            # Before anything runs again: the services are not restarted.
+            daemon.checkpoint_stops = True
             _kill_held(held)
         seconds = time.monotonic() - started
         meta = {
@@ -394,8 +413,8 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
         (directory / POLICY).write_bytes(Path(daemon.state["policy"]).read_bytes())
         (directory / POD_JSON).write_text(json.dumps(meta, indent=1) + "\n")
         ckptimage.write_manifest(directory, {"pod": daemon.name, "criu": meta["criu"]})
-    if not kill:
-        held.release()
+    # With kill, SIGKILL went first: the SIGCONT only closes the pidfds.
+    held.release()
     size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     return {"ok": True, "trees": len(trees), "seconds": round(seconds, 3), "bytes": size,
             "stopped": kill}
@@ -441,7 +460,10 @@ async def checkpoint(daemon, directory: str, leave_running: bool) -> dict:
         raise CheckpointError(f"{d.parent}: no such directory") from None
     try:
         result = await trio.to_thread.run_sync(_checkpoint, daemon, d, leave_running)
-    except podhold.HoldError as e:
+    except (CheckpointError, podhold.HoldError, criu.CriuError, OSError) as e:
+        if daemon.checkpoint_stops:
+            daemon.stop_event.set()
+            raise CheckpointError(f"{e}; the pod is stopped") from None
         raise CheckpointError(str(e)) from None
     if result.get("stopped"):
         daemon.stop_event.set()

@@ -102,6 +102,7 @@ class PodDaemon:
         self.services: services.ServiceManager | None = None
         self.service_log: services.ServiceLog | None = None
         self.restore_dir: str | None = None        # `pod restore`: the image to put back
+        self.checkpoint_stops = False              # `pod checkpoint` is stopping the pod
         self.restored_listeners: list[int] = []
 
     def attach_net_rules(self) -> None:
@@ -534,7 +535,7 @@ class PodDaemon:
 
     @property
     def stopping(self) -> bool:
-        return self.stop_event is not None and self.stop_event.is_set()
+        return self.checkpoint_stops or (self.stop_event is not None and self.stop_event.is_set())
 
     def resolve_user(self, user) -> tuple[int, int]:
         """(uid, gid) in the pod of a service's ``user``: a pod uid, or a

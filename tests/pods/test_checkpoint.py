@@ -216,6 +216,7 @@ def test_a_pod_exec_session_is_refused(pod_factory, tmp_path, criu_built):
                             r"they started; end them first", r.stderr.strip()), r.stderr
         c = count(pod)
         wait_for(lambda: count(pod) > c, what="the pod to go on after a refused checkpoint")
+        assert service(pod)["restarts"] == 0, "a refused checkpoint killed the service"
     finally:
         sleeper.kill()
         sleeper.wait(timeout=10)
@@ -323,6 +324,7 @@ def test_a_timer_that_sends_sigcont_refuses_the_checkpoint(pod_factory, tmp_path
     assert not (tmp_path / "img" / "manifest.json").exists()
     c = count(pod)
     wait_for(lambda: count(pod) > c, what="the pod to go on after the refusal")
+    assert service(pod)["restarts"] == 0, "a refused checkpoint killed the service"
 
 
 def test_migration_to_another_run_directory_and_a_copied_root(pod_factory, tmp_path, criu_built):
@@ -359,3 +361,48 @@ def test_migration_to_another_run_directory_and_a_copied_root(pod_factory, tmp_p
     finally:
         leftovers = other.teardown()
     assert not leftovers, leftovers
+
+
+# Two services of one pod joined by a TCP connection over the pod's own
+# loopback: criu would need --tcp-established, whose restore needs a
+# capability pod root never has, so the checkpoint is refused and the pod
+# goes on untouched.
+TCP_SERVER = ("import socket, time\n"
+              "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+              "s.bind(('127.0.0.1', 7000)); s.listen(); c, _ = s.accept()\n"
+              "open('/srv/data/accepted', 'w').write('yes')\n"
+              "time.sleep(100000)\n")
+TCP_CLIENT = ("import socket, time\n"
+              "while True:\n"
+              "    try:\n"
+              "        c = socket.create_connection(('127.0.0.1', 7000)); break\n"
+              "    except OSError:\n"
+              "        time.sleep(0.05)\n"
+              "time.sleep(100000)\n")
+
+
+def test_an_open_tcp_connection_refuses_the_checkpoint(pod_factory, tmp_path, criu_built):
+    peas = PEAS + '\n[pea.app.net]\nconnect = true\nbind = [7000]\n'
+    policy, name, root, base = pod_factory.write_policy(peas=peas)
+    counter_root(root)
+    services = "".join(
+        f'[[pod.service]]\nname = "{n}"\npea = "app"\n'
+        f'exec = ["/usr/bin/python3", "-c", {json.dumps(code)}]\n\n'
+        for n, code in (("server", TCP_SERVER), ("client", TCP_CLIENT)))
+    policy.write_text(policy.read_text() + "\n" + SERVICE + "\n" + services)
+    pod = Pod(pod_factory, name, policy, root, base, None)
+    pod_factory.pods.append(pod)
+    r = pod_factory.cli("start", policy, timeout=120)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: (root / "srv/data/accepted").exists(), what="the connection")
+    r = pod.cli("checkpoint", name, tmp_path / "img", timeout=300)
+    assert r.returncode == 1, r.stdout
+    assert re.fullmatch(rf"pod: checkpoint {name}: dump of tree tree-\d \(pid \d+ in the pod\) "
+                        r"failed: a TCP connection is open, and a checkpoint keeps none; the pod "
+                        r"goes on: try again when its clients are done \(log: .*dump.log\)",
+                        r.stderr.strip()), r.stderr
+    assert not (tmp_path / "img" / "manifest.json").exists()
+    c = count(pod)
+    wait_for(lambda: count(pod) > c, what="the pod to go on")
+    st = json.loads(pod.cli("status", name, "--json").stdout)["services"]
+    assert [s["restarts"] for s in st] == [0, 0, 0], st
