@@ -68,11 +68,20 @@ def counter_root(root: Path) -> Path:
     return root
 
 
-def start_counter(pod_factory, tmp_path, **kw) -> Pod:
-    policy, name, root, base = pod_factory.write_policy(peas=PEAS, **kw)
+def python_service(name: str, argv: list[str]) -> str:
+    return (f'[[pod.service]]\nname = "{name}"\npea = "app"\n'
+            f'exec = {json.dumps(["/usr/bin/python3", *argv])}\n\n')
+
+
+def start_counter(pod_factory, tmp_path, *, peas=PEAS, files=None, services="") -> Pod:
+    """A pod running the counter, with ``services`` besides (TOML) and
+    ``files`` ({path in the root: text}) planted before it starts."""
+    policy, name, root, base = pod_factory.write_policy(peas=peas)
     counter_root(root)
-    policy.write_text(policy.read_text() + "\n" + SERVICE)
-    pod = Pod(pod_factory, name, policy, root, base, kw.get("net"))
+    for path, text in (files or {}).items():
+        (root / path).write_text(text)
+    policy.write_text(policy.read_text() + "\n" + SERVICE + "\n" + services)
+    pod = Pod(pod_factory, name, policy, root, base, None)
     pod_factory.pods.append(pod)
     r = pod_factory.cli("start", policy, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -253,17 +262,9 @@ while time.monotonic() < end:
 
 def test_no_pod_process_reaches_criu_sockets_during_a_checkpoint(pod_factory, tmp_path,
                                                                  criu_built):
-    policy, name, root, base = pod_factory.write_policy(peas=PEAS)
-    counter_root(root)
-    (root / "srv/bin/attack.py").write_text(ATTACKER)
-    attacker = ('[[pod.service]]\nname = "attacker"\npea = "app"\n'
-                'exec = ["/usr/bin/python3", "/srv/bin/attack.py"]\n')
-    policy.write_text(policy.read_text() + "\n" + SERVICE + "\n" + attacker)
-    pod = Pod(pod_factory, name, policy, root, base, None)
-    pod_factory.pods.append(pod)
-    r = pod_factory.cli("start", policy, timeout=120)
-    assert r.returncode == 0, r.stderr
-    wait_for(lambda: count(pod) >= 5, what="the counter")
+    pod = start_counter(pod_factory, tmp_path, files={"srv/bin/attack.py": ATTACKER},
+                        services=python_service("attacker", ["/srv/bin/attack.py"]))
+    root = pod.root
     results = []
     for i in range(3):
         r = pod.cli("checkpoint", pod.name, tmp_path / f"img{i}", "--leave-running", timeout=300)
@@ -302,17 +303,9 @@ while True:
 
 
 def test_a_timer_that_sends_sigcont_refuses_the_checkpoint(pod_factory, tmp_path, criu_built):
-    policy, name, root, base = pod_factory.write_policy(peas=PEAS)
-    counter_root(root)
-    (root / "srv/bin/timer.py").write_text(TIMER)
-    waker = ('[[pod.service]]\nname = "waker"\npea = "app"\n'
-             'exec = ["/usr/bin/python3", "/srv/bin/timer.py"]\n')
-    policy.write_text(policy.read_text() + "\n" + SERVICE + "\n" + waker)
-    pod = Pod(pod_factory, name, policy, root, base, None)
-    pod_factory.pods.append(pod)
-    r = pod_factory.cli("start", policy, timeout=120)
-    assert r.returncode == 0, r.stderr
-    wait_for(lambda: count(pod) >= 5, what="the counter")
+    pod = start_counter(pod_factory, tmp_path, files={"srv/bin/timer.py": TIMER},
+                        services=python_service("waker", ["/srv/bin/timer.py"]))
+    name = pod.name
     waker_pid = next(s["pid"] for s in json.loads(pod.cli("status", name, "--json").stdout)["services"]
                      if s["name"] == "waker")
     r = pod.cli("checkpoint", name, tmp_path / "img", timeout=300)
@@ -383,17 +376,10 @@ TCP_CLIENT = ("import socket, time\n"
 
 def test_an_open_tcp_connection_refuses_the_checkpoint(pod_factory, tmp_path, criu_built):
     peas = PEAS + '\n[pea.app.net]\nconnect = true\nbind = [7000]\n'
-    policy, name, root, base = pod_factory.write_policy(peas=peas)
-    counter_root(root)
-    services = "".join(
-        f'[[pod.service]]\nname = "{n}"\npea = "app"\n'
-        f'exec = ["/usr/bin/python3", "-c", {json.dumps(code)}]\n\n'
-        for n, code in (("server", TCP_SERVER), ("client", TCP_CLIENT)))
-    policy.write_text(policy.read_text() + "\n" + SERVICE + "\n" + services)
-    pod = Pod(pod_factory, name, policy, root, base, None)
-    pod_factory.pods.append(pod)
-    r = pod_factory.cli("start", policy, timeout=120)
-    assert r.returncode == 0, r.stderr
+    pod = start_counter(pod_factory, tmp_path, peas=peas,
+                        services=python_service("server", ["-c", TCP_SERVER])
+                        + python_service("client", ["-c", TCP_CLIENT]))
+    root, name = pod.root, pod.name
     wait_for(lambda: (root / "srv/data/accepted").exists(), what="the connection")
     r = pod.cli("checkpoint", name, tmp_path / "img", timeout=300)
     assert r.returncode == 1, r.stdout
