@@ -656,8 +656,15 @@ async def _restore_from(daemon, d: Path, meta: dict) -> dict[str, tuple[int, int
         if service not in out:
             out[service] = (pid, None)
     for pid in _restored_pids(daemon):
+        # Through a pidfd: the number names the process we looked at.
         try:
-            os.kill(pid, signal.SIGCONT)
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGCONT)
         except OSError:
             pass
+        finally:
+            os.close(fd)
     return out
