@@ -357,8 +357,13 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
                         # from inside the task, which needs CAP_NET_ADMIN
                         # over the pod's network namespace, which pod root
                         # never has (MIGRATION.md 2.14).
+                        # --skip-in-flight: a connection the kernel
+                        # completed into a listening socket's queue that
+                        # the held server never accepted is dropped (its
+                        # client sees a reset; nothing of it was taken).
                         args = ["dump", "-t", str(t["vpid"]), "-D", "IMG", "-o", "dump.log",
-                                "-v4", "--shell-job", "--file-locks", "--leave-running"]
+                                "-v4", "--shell-job", "--file-locks", "--leave-running",
+                                "--skip-in-flight"]
                         for key in t["external"]:
                             args += ["--external", key]
                         rc, secs = _run_criu(daemon, binary, kdat.dir, img, pidfd, None, args,
@@ -442,6 +447,18 @@ def _discard(directory: Path) -> None:
             pass
 
 
+def _only_failed_logs(d: Path) -> bool:
+    """Does ``d`` hold nothing but what a failed checkpoint keeps: tree-N
+    directories of criu logs (``_discard``), no manifest, no link?"""
+    for tree in d.iterdir():
+        if not re.fullmatch(r"tree-\d+", tree.name) or tree.is_symlink() or not tree.is_dir():
+            return False
+        for f in tree.iterdir():
+            if f.is_symlink() or not f.is_file() or not f.name.endswith(".log"):
+                return False
+    return True
+
+
 async def checkpoint(daemon, directory: str, leave_running: bool) -> dict:
     """The control socket's "checkpoint" request. ``directory`` must be an
     absolute path of an empty or missing directory on the host."""
@@ -454,8 +471,12 @@ async def checkpoint(daemon, directory: str, leave_running: bool) -> dict:
         if not d.is_dir() or d.is_symlink():
             raise CheckpointError(f"{d}: exists and is not a directory") from None
         if any(d.iterdir()):
-            raise CheckpointError(f"{d}: not empty (a checkpoint never writes over an image)") \
-                from None
+            if not _only_failed_logs(d):
+                raise CheckpointError(f"{d}: not empty (a checkpoint never writes over an "
+                                      f"image)") from None
+            # What a failed checkpoint left (its criu logs): tried again.
+            for tree in d.iterdir():
+                shutil.rmtree(tree)
     except FileNotFoundError:
         raise CheckpointError(f"{d.parent}: no such directory") from None
     try:
