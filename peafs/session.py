@@ -153,6 +153,18 @@ class PeaFSSession:
         runs (pods/checkpoint.py)."""
         self.ops.enf.restoring = bool(on)
 
+    def adopt_links(self, data: dict) -> bool:
+        """`pod restore` onto a root whose link rules were not copied with
+        it: take the checkpoint's (``policy.links()`` as it was saved) and
+        write them to links.json, if this PeaFS has none. Called before
+        any pod process runs. Returns whether they were taken; ValueError
+        for rules the policy cannot hold."""
+        if self.policy.links() or not data or self.ops is None:
+            return False
+        self.policy.restore_links(data)
+        self.ops.links._write(self.ops.links._encode())
+        return True
+
     def swap_policy(self, new) -> None:
         """Decide every later request by ``new`` (`pod rules reload`). Run it
         on the file system's own loop (``trio.from_thread.run_sync`` with

@@ -320,6 +320,10 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
     started = time.monotonic()
     with criu.FeatureCache(binary) as kdat:
         held = podhold.hold(daemon.name, keep=_ours(daemon), timeout=HOLD_TIMEOUT)
+        if daemon.session is not None:
+            # An exec that committed just before the hold: its move to the
+            # new pea is applied now, so that the image records that pea.
+            daemon.session.settle()
         kill = not leave_running
         must_stop = False   # the programs could not be attached again
         try:
@@ -408,6 +412,9 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
             "max_vpid": max_vpid,
             "root": str(Path(daemon.policy.root).resolve()),
             "uid_map": [list(r) for r in daemon.policy.uid_map],
+            # PeaFS's hard-link rules (kept with the root in ROOT.peapod/;
+            # here too, for a root copied without them).
+            "links": daemon.session.policy.links() if daemon.session is not None else {},
             "net": daemon.state.get("net"),
             "services": {st.spec.name: {"state": st.state, "restarts": st.restarts}
                          for st in daemon.services.states},
@@ -533,6 +540,11 @@ def _restore(daemon, d: Path, meta: dict, ipc_fds: dict, pipes: dict) -> dict[st
     """The blocking body of ``restore`` (run in a thread). Returns
     {service name: host pid of its restored process}."""
     binary = criu.binary()
+    if meta.get("links") and daemon.session is not None:
+        try:
+            daemon.session.adopt_links(meta["links"])
+        except ValueError as e:
+            raise CheckpointError(f"the image's link rules: {e}") from None
     with criu.FeatureCache(binary) as kdat:
         _set_last_pid(daemon, int(meta["max_vpid"]))
         null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)

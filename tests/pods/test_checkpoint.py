@@ -326,6 +326,11 @@ def test_migration_to_another_run_directory_and_a_copied_root(pod_factory, tmp_p
     restore under another $PEAPOD_RUN (standing for another host) on the
     copy; the target refuses what it cannot take."""
     pod = start_counter(pod_factory, tmp_path)
+    # A hard link gives its new path the original's rule in every pea
+    # (PeaFS's link rules, kept in ROOT.peapod/, which the copy below
+    # leaves behind): pea work may execute /srv/data/w through it.
+    r = pod.exec("/bin/ln", "/srv/bin/worker", "/srv/data/w", pea="main")
+    assert r.returncode == 0, r.stderr
     img = tmp_path / "img"
     r = pod.cli("checkpoint", pod.name, img, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -344,6 +349,8 @@ def test_migration_to_another_run_directory_and_a_copied_root(pod_factory, tmp_p
         wait_for(lambda: count(moved) > at_dump + 3, what="the counter on the copy")
         assert count(pod) == at_dump, "the original root was written after the move"
         assert (other.run / "restored" / "moved.toml").is_file()
+        r = moved.exec("/srv/data/w", "0", pea="work")
+        assert r.returncode == 0, f"the link rule did not move with the image: {r.stderr}"
         # The target refuses what it cannot take: the name, then the ids.
         r = other.cli("restore", img, "--name", "moved", "--root", copy, timeout=120)
         assert r.returncode == 2 and "pod moved is already running" in r.stderr, r.stderr
