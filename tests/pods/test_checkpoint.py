@@ -11,6 +11,7 @@ test if anything was left behind.
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -73,15 +74,17 @@ def python_service(name: str, argv: list[str]) -> str:
             f'exec = {json.dumps(["/usr/bin/python3", *argv])}\n\n')
 
 
-def start_counter(pod_factory, tmp_path, *, peas=PEAS, files=None, services="") -> Pod:
+def start_counter(pod_factory, tmp_path, *, peas=PEAS, files=None, services="",
+                  net=None) -> Pod:
     """A pod running the counter, with ``services`` besides (TOML) and
-    ``files`` ({path in the root: text}) planted before it starts."""
-    policy, name, root, base = pod_factory.write_policy(peas=peas)
+    ``files`` ({path in the root: text}) planted before it starts; ``net``:
+    its [pod.net] address."""
+    policy, name, root, base = pod_factory.write_policy(peas=peas, net=net)
     counter_root(root)
     for path, text in (files or {}).items():
         (root / path).write_text(text)
     policy.write_text(policy.read_text() + "\n" + SERVICE + "\n" + services)
-    pod = Pod(pod_factory, name, policy, root, base, None)
+    pod = Pod(pod_factory, name, policy, root, base, net)
     pod_factory.pods.append(pod)
     r = pod_factory.cli("start", policy, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -404,3 +407,25 @@ def test_an_open_tcp_connection_refuses_the_checkpoint(pod_factory, tmp_path, cr
     wait_for(lambda: count(pod) > c, what="the pod to go on")
     st = json.loads(pod.cli("status", name, "--json").stdout)["services"]
     assert [s["restarts"] for s in st] == [0, 0, 0], st
+
+
+def test_restore_refuses_an_address_in_use(pod_factory, tmp_path, criu_built):
+    """The target cannot take the pod: its address is a running pod's. The
+    restore is refused before anything starts (`pod start`'s checks)."""
+    third = random.randrange(100, 200)
+    pod = start_counter(pod_factory, tmp_path, net=f"10.233.{third}.2/24")
+    img = tmp_path / "img"
+    r = pod.cli("checkpoint", pod.name, img, "--leave-running", timeout=300)
+    assert r.returncode == 0, r.stderr
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(pod.root), str(copy)], check=True)
+    r = pod.cli("restore", img, "--name", "twin", "--root", copy, timeout=120)
+    assert r.returncode == 2, r.stdout
+    assert (f"[pod.net] address 10.233.{third}.2/24: network 10.233.{third}.0/24 overlaps "
+            f"network 10.233.{third}.0/24 of running pod {pod.name}") in r.stderr, r.stderr
+    assert not cgroup.pod_cgroup("twin").exists()
+    assert not (pod_factory.run / "pods" / "twin").exists()
+    # With another address it is the ids that clash: the same range.
+    r = pod.cli("restore", img, "--name", "twin", "--root", copy, "--address",
+                f"10.233.{third + 50}.2/24", timeout=120)
+    assert r.returncode == 2 and "the id ranges of pod twin overlap" in r.stderr, r.stderr
