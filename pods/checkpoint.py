@@ -648,7 +648,11 @@ async def restore(daemon, directory: str) -> dict[str, tuple[int, int]]:
     then stops, and nothing of the image runs. The private copy criu worked
     from is removed, unless the restore failed (its logs are there)."""
     d, meta = await trio.to_thread.run_sync(private_copy, directory)
-    out = await _restore_from(daemon, d, meta)
+    try:
+        out = await _restore_from(daemon, d, meta)
+    except BaseException:
+        _discard(d)         # the copy's images go; criu's logs stay for the message
+        raise
     shutil.rmtree(d.parent, ignore_errors=True)
     return out
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from kernel import cgroup
+from pods import ckptimage
 from pod_support import POD, Pod, REPO
 
 # The tree spans two peas: the shell in "app", its worker (a copy of sleep)
@@ -200,8 +201,25 @@ def test_checkpoint_leave_running_and_bad_images(pod_factory, tmp_path, criu_bui
         assert re.fullmatch(expected, r.stderr.strip()), r.stderr
         assert not (pod_factory.run / "pods" / "restored-x").exists()
         assert not cgroup.pod_cgroup("restored-x").exists()
+        return r
 
     restore_refused(tmp_path / "missing", r"pod: restore: .*missing: .*")
+    # An image whose manifest verifies but which criu cannot restore (a
+    # process's core image gone, the manifest written again, as root could):
+    # the new pod is started, the restore fails, and nothing is left.
+    broken = tmp_path / "broken"
+    shutil.copytree(img, broken, symlinks=True)
+    for core in (broken / "tree-1").glob("core-*.img"):
+        core.unlink()
+    (broken / "manifest.json").unlink()
+    ckptimage.write_manifest(broken, {"pod": pod.name})
+    assert pod.stop().returncode == 0          # its root and ids are the image's
+    r = restore_refused(broken, r"pod: cannot start pod restored-x: restore from .*broken: "
+                                r"restore of tree tree-1 failed: .*")
+    # What it keeps is criu's log, named in the message (removed here).
+    kept = Path(re.search(r"\(log: (/var/tmp/peapod-restore-[^/]+)/", r.stderr).group(1))
+    assert {p.name for p in kept.rglob("*") if p.is_file()} == {"dump.log", "restore.log"}
+    shutil.rmtree(kept)
     bad = tmp_path / "bad"
     shutil.copytree(img, bad, symlinks=True)
     pages = sorted((bad / "tree-1").glob("pages-*.img"))[0]
