@@ -99,34 +99,14 @@ def _max_vpid(pids) -> int:
     return top
 
 
-def _external_files(pids, pod_mounts: set[int]) -> set[str]:
-    """criu's keys (file[MNT:INO]) of the descriptors of ``pids`` whose mount
-    the pod does not have: the host's /dev/null the daemon gives a service
-    as standard input. criu must be told they are external (dump) and be
-    handed a replacement (restore: --inherit-fd)."""
-    keys = set()
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fdinfo")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                    info = dict(line.split(":\t", 1) for line in f.read().splitlines()
-                                if ":\t" in line)
-                mnt = int(info.get("mnt_id", "-1"))
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                st = os.stat(f"/proc/{pid}/fd/{fd}")
-            except (OSError, ValueError):
-                continue
-            if mnt not in pod_mounts and target.startswith("/"):
-                keys.add("file[%x:%x]" % (mnt, st.st_ino))
-    return keys
-
-
-def _pipes(pids) -> set[int]:
-    out = set()
+def _descriptors(pids, pod_mounts: set[int]) -> tuple[set[str], set[int]]:
+    """One walk of the descriptors of ``pids``: (criu's keys, file[MNT:INO],
+    of those whose mount the pod does not have, the inodes of their
+    pipes). The first are the host's /dev/null the daemon gives a service
+    as standard input: criu must be told they are external (dump) and be
+    handed a replacement (restore: --inherit-fd). Of the pipes, those that
+    are a service's log pipe are handed a new one at restore."""
+    external, pipes = set(), set()
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -139,8 +119,21 @@ def _pipes(pids) -> set[int]:
                 continue
             m = re.fullmatch(r"pipe:\[(\d+)\]", target)
             if m:
-                out.add(int(m.group(1)))
-    return out
+                pipes.add(int(m.group(1)))
+                continue
+            if not target.startswith("/"):
+                continue
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    info = dict(line.split(":\t", 1) for line in f.read().splitlines()
+                                if ":\t" in line)
+                mnt = int(info.get("mnt_id", "-1"))
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except (OSError, ValueError):
+                continue
+            if mnt not in pod_mounts:
+                external.add("file[%x:%x]" % (mnt, st.st_ino))
+    return external, pipes
 
 
 def _mount_ids(pid: int) -> set[int]:
@@ -315,8 +308,7 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
     if not trees:
         raise CheckpointError(f"pod {daemon.name} has no process to checkpoint")
     ipc_pea = {os.fstat(fd).st_ino: pea for pea, fd in daemon.ipc_ns.items()}
-    log_pipes = {st.log_pipe: st.spec.name for st in daemon.services.states
-                 if getattr(st, "log_pipe", None)}
+    log_pipes = {st.log_pipe: st.spec.name for st in daemon.services.states if st.log_pipe}
     started = time.monotonic()
     with criu.FeatureCache(binary) as kdat:
         held = podhold.hold(daemon.name, keep=_ours(daemon), timeout=HOLD_TIMEOUT)
@@ -335,9 +327,9 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
                 t["vpid"] = procfs.vpid(t["root"])
                 t["ipc_pea"] = ipc_pea.get(_ns_ino(t["root"], "ipc"))
                 t["pea"] = cgroup.pea_of(t["root"], daemon.name)
-                t["external"] = sorted(_external_files(t["pids"], pod_mounts))
-                t["log_pipes"] = {str(ino): log_pipes[ino] for ino in _pipes(t["pids"])
-                                  if ino in log_pipes}
+                external, pipes = _descriptors(t["pids"], pod_mounts)
+                t["external"] = sorted(external)
+                t["log_pipes"] = {str(ino): log_pipes[ino] for ino in pipes if ino in log_pipes}
             max_vpid = _max_vpid(p for t in trees for p in t["pids"])
             wakers = _timers_that_wake(held.pidfds)
             if wakers:
@@ -395,13 +387,13 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
             # programs could not be put back (checkpoint() stops it).
             if must_stop:
                 daemon.checkpoint_stops = True
-                _kill_held(held)
+                held.kill()
             held.release()
             raise
         if kill:
             # Before anything runs again: the services are not restarted.
             daemon.checkpoint_stops = True
-            _kill_held(held)
+            held.kill()
         seconds = time.monotonic() - started
         meta = {
             "pod": daemon.name,
@@ -430,14 +422,6 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
     size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     return {"ok": True, "trees": len(trees), "seconds": round(seconds, 3), "bytes": size,
             "stopped": kill}
-
-
-def _kill_held(held) -> None:
-    for fd in held.pidfds.values():
-        try:
-            signal.pidfd_send_signal(fd, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _discard(directory: Path) -> None:
@@ -522,11 +506,11 @@ def read_image(directory: str) -> tuple[Path, dict]:
 def _set_last_pid(daemon, last: int) -> None:
     """B's next pid is last + 1, so that the image's pids stay free: the
     launcher writes ns_last_pid from B's pid namespace (pods/criu.py)."""
-    r = subprocess.run(python_command("pods.criu") + [
-        "--cgroup-procs", str(_checkpoint_cgroup(daemon.name) / "cgroup.procs"),
-        "--ns-fd", str(daemon.init_pidfd), "--last-pid", str(last)],
-        pass_fds=[daemon.init_pidfd], env=child_env(), cwd="/", stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=60)
+    argv = criu.launcher_argv(python_command("pods.criu"),
+                              cgroup_procs=str(_checkpoint_cgroup(daemon.name) / "cgroup.procs"),
+                              ns_fd=daemon.init_pidfd, last_pid=last)
+    r = subprocess.run(argv, pass_fds=[daemon.init_pidfd], env=child_env(), cwd="/",
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
         raise CheckpointError(f"cannot set the pod's next pid: {r.stderr.strip()}")
 

@@ -113,18 +113,23 @@ class FeatureCache:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def launcher_argv(python: list[str], *, cgroup_procs: str, ns_fd: int, ipc_fd: int | None,
-                  criu_fd: int, kdat_fd: int, img_fd: int, restore: bool,
-                  criu_args: list[str]) -> list[str]:
+def launcher_argv(python: list[str], *, cgroup_procs: str, ns_fd: int, ipc_fd: int | None = None,
+                  criu_fd: int | None = None, kdat_fd: int | None = None,
+                  img_fd: int | None = None, restore: bool = False, last_pid: int | None = None,
+                  criu_args: list[str] = ()) -> list[str]:
     """The command line of the launcher (main below), for descriptors the
-    caller passes to it."""
-    argv = python + ["--cgroup-procs", cgroup_procs, "--ns-fd", str(ns_fd),
-                     "--criu-fd", str(criu_fd), "--kdat-fd", str(kdat_fd), "--img-fd", str(img_fd)]
-    if ipc_fd is not None:
-        argv += ["--ipc-fd", str(ipc_fd)]
+    caller passes to it: criu with ``criu_args`` (the criu, feature-cache
+    and image descriptors given), or with ``last_pid`` the pod's next pid."""
+    argv = python + ["--cgroup-procs", cgroup_procs, "--ns-fd", str(ns_fd)]
+    for flag, fd in (("--criu-fd", criu_fd), ("--kdat-fd", kdat_fd), ("--img-fd", img_fd),
+                     ("--ipc-fd", ipc_fd)):
+        if fd is not None:
+            argv += [flag, str(fd)]
     if restore:
         argv.append("--restore")
-    return argv + ["--"] + criu_args
+    if last_pid is not None:
+        return argv + ["--last-pid", str(last_pid)]
+    return argv + ["--"] + list(criu_args)
 
 
 # criu's cgroup yard (--cgroup-yard: where it mounts the hierarchies it

@@ -346,6 +346,17 @@ class Held:
                 bad.append(pid)
         return bad
 
+    def kill(self) -> None:
+        """SIGKILL to every held process, through its pidfd (`pod
+        checkpoint` without --leave-running: nothing runs again after its
+        image was taken). A stopped task dies of SIGKILL without running
+        any more of its code; ``release`` afterwards only closes pidfds."""
+        for fd in self.pidfds.values():
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def release(self) -> None:
         """SIGCONT to every held process (but those the pod had stopped
         itself), through its pidfd, and close the pidfds. Idempotent."""
