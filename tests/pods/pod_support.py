@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # The `pod` command of this checkout as `make deps` installs it: the C front
@@ -58,3 +59,15 @@ class Pod:
 
     def stop(self) -> subprocess.CompletedProcess:
         return self.cli("stop", self.name, "--timeout", "3", timeout=90)
+
+
+def wait_for(pred, timeout: float = 30.0, what: str = "condition", *, interval: float = 0.05):
+    """``pred()``'s first true value, polled every ``interval`` seconds;
+    AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")

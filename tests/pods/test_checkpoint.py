@@ -22,7 +22,7 @@ import pytest
 
 from kernel import cgroup
 from pods import ckptimage
-from pod_support import POD, Pod, REPO
+from pod_support import POD, Pod, REPO, wait_for
 
 # The tree spans two peas: the shell in "app", its worker (a copy of sleep)
 # moved to "work" by a transition when it was executed. Each round the
@@ -100,14 +100,6 @@ def count(pod: Pod) -> int:
         return 0
 
 
-def wait_for(pred, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def service(pod: Pod) -> dict:

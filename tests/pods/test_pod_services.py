@@ -8,6 +8,7 @@ them and fail the test if anything was left behind.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import time
 
 import pytest
 
+import pod_support
 from pod_support import POD
 from pods import services
 
@@ -34,14 +36,7 @@ def sh(name: str, script: str, **keys) -> str:
     return service(name, ["/bin/sh", "-c", script], **keys)
 
 
-def wait_for(pred, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(pod_support.wait_for, interval=0.1)
 
 
 def status(pod) -> dict:

@@ -18,6 +18,7 @@ POSIX timer armed with SIGCONT) and that ``Held.verify`` sees it.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import resource
@@ -26,6 +27,7 @@ import time
 
 import pytest
 
+import pod_support
 from kernel import cgroup, procfs
 from pods.podhold import HoldError, hold
 
@@ -54,14 +56,7 @@ SH_COUNTER = service("shcount", ["/bin/sh", "-c",
                                  "sleep 0.01; done"])
 
 
-def wait_for(pred, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(pod_support.wait_for, interval=0.02)
 
 
 def read(pod, name: str) -> str:
