@@ -20,12 +20,17 @@ all: test
 # only through dlvsym, yet must bring libfuse3 into the global scope.
 SHIM := $(VENV)/lib/peapod/fuse_caches.so
 
+# The seccomp supervisor's receiving thread (pods/notif_relay.c: a noted
+# process's repeated alarm() answered outside the GIL), loaded by
+# pods/notifrelay.py from the same directory.
+RELAY := $(VENV)/lib/peapod/notif_relay.so
+
 # The `pod` command (pods/pod_front.c): `pod exec` without a Python
 # start-up, every other command handed to pods.cli run by this venv's
 # interpreter, whose absolute path is built in.
 FRONT := $(VENV)/bin/pod
 
-deps: $(VENV)/.installed $(SHIM) $(FRONT)
+deps: $(VENV)/.installed $(SHIM) $(RELAY) $(FRONT)
 
 $(FRONT): pods/pod_front.c $(VENV)/.installed
 	gcc -O2 -Wall -Wextra -Werror -DPOD_PYTHON='"$(abspath $(PY))"' -o $@ pods/pod_front.c
@@ -35,6 +40,10 @@ $(SHIM): peafs/fuse_caches.c peafs/fuse_caches.map $(VENV)/.installed
 	gcc -shared -fPIC -O2 -Wall -Wextra -Werror $$(pkg-config --cflags fuse3) \
 	  -Wl,--version-script=peafs/fuse_caches.map -o $@ peafs/fuse_caches.c \
 	  -Wl,--no-as-needed $$(pkg-config --libs fuse3) -ldl
+
+$(RELAY): pods/notif_relay.c $(VENV)/.installed
+	@mkdir -p $(@D)
+	gcc -shared -fPIC -O2 -pthread -Wall -Wextra -Werror -o $@ pods/notif_relay.c
 
 # Install missing Debian packages only (apt-get update once, only when needed).
 .debs-installed:

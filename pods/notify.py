@@ -94,6 +94,11 @@ def recv(fd: int) -> Notification:
     Raises OSError(ENOENT) if the caller went away between poll and recv."""
     buf = bytearray(NOTIF_SIZE)
     fcntl.ioctl(fd, IOCTL_RECV, buf, True)
+    return parse(buf)
+
+
+def parse(buf) -> Notification:
+    """A struct seccomp_notif, as NOTIF_RECV fills it."""
     nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
     return Notification(nid, pid, nr, arch, tuple(args))
 

@@ -51,7 +51,6 @@ import ctypes
 import errno
 import logging
 import os
-import select
 import threading
 import time
 from collections import Counter
@@ -60,7 +59,7 @@ import trio
 
 from kernel import libc, procfs
 from peafs.execwatch import process_exited
-from pods import netbpf, notify
+from pods import netbpf, notifrelay, notify
 from pods import seccomp_procs as procs
 from pods.seccomp_syscalls import (
     F_SETOWN, IOPRIO_WHO_PGRP,
@@ -113,9 +112,12 @@ class Supervisor:
         self.procs = procs.PodProcs(pod_name)
         self.stats: Counter = Counter()
         self.busy_ns = 0              # time spent deciding (bench: cost per call)
-        self._listeners: set[int] = set()
-        self._waiting: list[int] = []
-        self._nursery: trio.Nursery | None = None
+        # Listener fd -> the serial of its registration with the relay,
+        # which receives every notification (pods/notif_relay.c): it
+        # continues a noted process's repeated alarm() itself, outside the
+        # GIL, and hands everything else to _serve.
+        self._listeners: dict[int, int] = {}
+        self._relay = notifrelay.Relay()
         self._closed = False
         self._callers: dict[int, procs.Caller] = {}
         self._armed: dict[int, int] = {}          # host tgid -> pidfd
@@ -128,26 +130,26 @@ class Supervisor:
 
     # ------------------------------------------------------------ serving
     def add_listener(self, fd: int) -> None:
-        """Serve ``fd`` (the supervisor owns it from now on and closes it)."""
+        """Serve ``fd`` (the supervisor owns it from now on and closes it).
+        Its notifications wait in the relay's pipe until ``serve`` runs."""
         if self._closed:
             os.close(fd)
             return
         notify.set_sync_wakeup(fd)
-        self._listeners.add(fd)
-        if self._nursery is not None:
-            self._nursery.start_soon(self._serve_listener, fd)
-        else:
-            self._waiting.append(fd)
+        try:
+            self._listeners[fd] = self._relay.add(fd)
+        except OSError as e:
+            # Closed unserved: the kernel fails its filter's mediated calls
+            # with ENOSYS; they are never let through.
+            log.error("listener %d: %s; closing it (its calls now fail)", fd, e)
+            os.close(fd)
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for fd in self._waiting:
-                nursery.start_soon(self._serve_listener, fd)
-            self._waiting.clear()
             self._cancel = nursery.cancel_scope
             if self._closed:
                 nursery.cancel_scope.cancel()
+            nursery.start_soon(self._serve)
             await trio.sleep_forever()
 
     def close(self) -> None:
@@ -159,18 +161,15 @@ class Supervisor:
             scope.cancel()
         for fd in list(self._listeners):
             self._drop(fd)
+        self._relay.close()
         with self._armed_lock:
             for pfd in self._armed.values():
                 os.close(pfd)
             self._armed.clear()
 
     def _drop(self, fd: int) -> None:
-        if fd in self._listeners:
-            self._listeners.discard(fd)
-            try:   # wake a task waiting on it before the number is reused
-                trio.lowlevel.notify_closing(fd)
-            except (RuntimeError, OSError):
-                pass   # not in trio, or nobody waits
+        if self._listeners.pop(fd, None) is not None:
+            self._relay.remove(fd)     # the relay's thread is done with it
             try:
                 os.close(fd)
             except OSError:
@@ -180,40 +179,28 @@ class Supervisor:
     def listeners(self) -> int:
         return len(self._listeners)
 
-    async def _serve_listener(self, fd: int) -> None:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        try:
-            while fd in self._listeners:
-                try:
-                    await trio.lowlevel.wait_readable(fd)
-                except trio.ClosedResourceError:
-                    return   # closed by close()
-                if fd not in self._listeners:
-                    return
-                ev = poller.poll(0)
-                if not ev:
-                    continue
-                revents = ev[0][1]
-                if revents & select.POLLIN:
-                    # Drain what is pending (bounded, then let trio run others).
-                    for _ in range(64):
-                        try:
-                            note = notify.recv(fd)
-                        except OSError as e:
-                            if e.errno in (errno.ENOENT, errno.EINTR):
-                                break   # the caller went away meanwhile
-                            log.error("listener %d: %s; closing it (its calls now fail)", fd, e)
-                            return
-                        self._handle(fd, note)
-                        ev = poller.poll(0)
-                        if not ev or not ev[0][1] & select.POLLIN:
-                            break
-                    await trio.lowlevel.checkpoint()
-                elif revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                    return   # no process uses this filter any more
-        finally:
-            self._drop(fd)
+    @property
+    def fast_alarms(self) -> int:
+        """alarm() calls of noted processes continued by the relay's thread."""
+        return self._relay.counts()[0]
+
+    async def _serve(self) -> None:
+        """Decide what the relay passes on, in the order it was received."""
+        rfd = self._relay.fileno
+        while True:
+            await trio.lowlevel.wait_readable(rfd)
+            for rec in self._relay.read():
+                if self._listeners.get(rec.fd) != rec.serial:
+                    continue   # a listener dropped since (its fd number may be reused)
+                if rec.kind == notifrelay.NOTIF:
+                    self._handle(rec.fd, rec.note)
+                elif rec.kind == notifrelay.HUP:
+                    self._drop(rec.fd)   # no process uses this filter any more
+                else:
+                    log.error("listener %d: %s; closing it (its calls now fail)",
+                              rec.fd, os.strerror(rec.error))
+                    self._drop(rec.fd)
+            await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------ dispatch
     def _handle(self, fd: int, note: notify.Notification) -> None:
@@ -409,7 +396,10 @@ class Supervisor:
     # than its note: the note lasts as long as the process. Postfix re-arms
     # its watchdog at every turn of its event loop, 23 calls per message
     # accepted over SMTP (bench apps_mail), and without this _do_alarm would
-    # pin the caller and read its identity each time.
+    # pin the caller and read its identity each time. The relay's thread
+    # (pods/notif_relay.c) applies this same rule before the call ever
+    # reaches Python; it is kept here for the calls the relay passes on
+    # (its table full, a note it was not given).
     def _armed_already(self, tid: int) -> bool:
         """True if ``tid`` is the main thread of a process noted as armed.
         The note's pidfd pins that process: while it lives, no other thread
@@ -446,18 +436,26 @@ class Supervisor:
                 return True
             # The noted process died and its pid names another one now:
             # note the new one (pinned by its own pidfd).
-            os.close(self._armed.pop(host))
+            self._unarm(host)
         if len(self._armed) >= self.ARM_LIMIT:
             for tgid, pfd in list(self._armed.items()):
                 if process_exited(pfd):
-                    os.close(self._armed.pop(tgid))
+                    self._unarm(tgid)
             if len(self._armed) >= self.ARM_LIMIT:
                 return False
         try:
-            self._armed[host] = os.pidfd_open(host)
+            pfd = self._armed[host] = os.pidfd_open(host)
         except OSError:
             return False
+        # The relay's thread continues this process's next alarm()s on
+        # the same condition as _armed_already; if its table is full, they
+        # come here.
+        self._relay.arm(host, pfd)
         return True
+
+    def _unarm(self, host: int) -> None:
+        self._relay.disarm(host)
+        os.close(self._armed.pop(host))
 
     def _arm_group(self, caller, vpgid: int) -> bool:
         d = caller.depth

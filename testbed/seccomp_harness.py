@@ -537,6 +537,24 @@ def op_bench(kind, n, peer=0):
     return per
 
 
+def op_alarm_in_thread():
+    """alarm(100) from a second thread of the agent, then cancelled: a tid
+    that is not the noted process's tgid."""
+    errs = []
+
+    def arm():
+        try:
+            signal.alarm(100)
+        except OSError as e:
+            errs.append(e.errno)
+
+    t = threading.Thread(target=arm)
+    t.start()
+    t.join()
+    signal.alarm(0)
+    return errs[0] if errs else 0
+
+
 def op_ignore(sig):
     signal.signal(sig, signal.SIG_IGN)
     return 0

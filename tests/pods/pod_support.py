@@ -71,3 +71,25 @@ def wait_for(pred, timeout: float = 30.0, what: str = "condition", *, interval: 
             return got
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def end_supervisor(sup, *procs) -> None:
+    """Kill ``procs`` (None skipped) and close ``sup``."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+    sup.close()
+
+
+def sleeper_with_pid(pid: int) -> subprocess.Popen:
+    """A `sleep 30` given the dead ``pid`` again (ns_last_pid; bounded)."""
+    for _ in range(20):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        p = subprocess.Popen(["sleep", "30"])
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.wait()
+    raise AssertionError(f"pid {pid} was not handed out again")

@@ -147,9 +147,11 @@ def test_a_restored_counter_goes_on_in_its_peas_with_its_mediation(pod_factory, 
     workers = [pid for pid, (pea, cmd) in procs.items() if cmd.startswith("/srv/bin/worker")]
     assert [procs[p][0] for p in shells] == ["app"] and [procs[p][0] for p in workers] == ["work"]
     assert not [p for p, (pea, _) in procs.items() if pea == cgroup.CHECKPOINT]
-    # The signal across peas is refused by the supervisor, as before.
-    time.sleep(0.3)
-    refused = (pod.root / "srv/data/kill").read_text()
+    # The signal across peas is refused by the supervisor, as before. The
+    # file is written twice per turn (kill's message, then rc=): read it
+    # whole, not between the two writes.
+    refused = wait_for(lambda: (lambda t: t if "rc=" in t else "")(
+        (pod.root / "srv/data/kill").read_text()), what="a whole turn of the kill file")
     assert "Operation not permitted" in refused and "rc=1" in refused, refused
     # Its output reaches the log again, through the new pipe.
     def logged_after():

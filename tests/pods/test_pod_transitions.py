@@ -22,6 +22,8 @@ import subprocess
 
 import pytest
 
+from pod_support import end_supervisor, sleeper_with_pid
+
 PEAS = r'''
 [pea.main.files]
 "/" = "rwx"
@@ -191,27 +193,6 @@ def test_a_signal_armed_before_a_transition_never_crosses_it(pod, mode):
                or "SIGIO owner" in e["rule"] for e in audit), audit[-3:]
 
 
-def _end(sup, *procs) -> None:
-    for p in procs:
-        if p is not None and p.poll() is None:
-            p.kill()
-            p.wait()
-    sup.close()
-
-
-def _sleeper_with_pid(pid: int) -> subprocess.Popen:
-    """A `sleep 30` given the dead ``pid`` again (ns_last_pid; bounded)."""
-    for _ in range(20):
-        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-            f.write(str(pid - 1))
-        p = subprocess.Popen(["sleep", "30"])
-        if p.pid == pid:
-            return p
-        p.kill()
-        p.wait()
-    raise AssertionError(f"pid {pid} was not handed out again")
-
-
 def test_an_armed_mark_follows_the_process_not_its_reused_pid():
     # The supervisor keys its notes by host pid, each pinned by a pidfd. A
     # process that armed a signal and died leaves a note whose pidfd is dead;
@@ -229,11 +210,11 @@ def test_an_armed_mark_follows_the_process_not_its_reused_pid():
         first.kill()
         first.wait()
         assert "armed" not in (sup.transition_guard(pid) or "")   # the dead one's note is void
-        second = _sleeper_with_pid(pid)
+        second = sleeper_with_pid(pid)
         assert sup._arm_host(pid)                      # the new process arms a timer
         assert "armed" in (sup.transition_guard(pid) or ""), "the reused pid's note was lost"
     finally:
-        _end(sup, first, second)
+        end_supervisor(sup, first, second)
 
 
 def test_the_armed_fast_path_takes_only_the_live_noted_process():
@@ -255,7 +236,7 @@ def test_the_armed_fast_path_takes_only_the_live_noted_process():
         first.kill()
         first.wait()
         assert not sup._armed_already(pid)               # dead: its note says nothing
-        second = _sleeper_with_pid(pid)
+        second = sleeper_with_pid(pid)
         assert not sup._armed_already(pid), "a reused pid passed for the noted process"
         # Another thread of a noted process: its tid is no key of the notes.
         me = os.getpid()
@@ -266,4 +247,4 @@ def test_the_armed_fast_path_takes_only_the_live_noted_process():
         t.join()
         assert sup._armed_already(me) and not sup._armed_already(tids[0])
     finally:
-        _end(sup, first, second)
+        end_supervisor(sup, first, second)
