@@ -24,8 +24,8 @@ Design (see docs/ARCHITECTURE.md, "## peafs/"):
   directories (long timeouts: the pea check lives in open/create/unlink/...,
   never in lookup) and file contents (keep_cache). FIFOs and sockets are the
   exception: the kernel opens and connects them without asking us, so their
-  lookup/getattr answers are per pea (a mode that fails the kernel's own
-  check) with timeouts 0.
+  attributes are per pea (a mode that fails the kernel's own check) with an
+  attribute timeout of 0; their names are kept like any other.
 """
 
 from __future__ import annotations
@@ -189,7 +189,14 @@ class PeaFS(pyfuse3.Operations):
         a.st_mtime_ns = st.st_mtime_ns
         a.st_ctime_ns = st.st_ctime_ns
         if ino.is_special:
-            a.entry_timeout = 0
+            # The name is the same for every caller (seeing), so the kernel
+            # may keep it; the attributes are this caller's (decide.special),
+            # so it must ask for them again at every open or connect: the
+            # permission check with default_permissions refreshes attributes
+            # whose timeout has passed, with the caller's credentials.
+            # (Postfix connects to public/cleanup and opens public/qmgr for
+            # every message: a LOOKUP each, before this.)
+            a.entry_timeout = CACHE_TIMEOUT
             a.attr_timeout = 0
         else:
             a.entry_timeout = CACHE_TIMEOUT
@@ -722,6 +729,8 @@ class PeaFS(pyfuse3.Operations):
             # Asked by the kernel before every write (to drop file
             # capabilities); on a nosuid mount they never apply, and a pod
             # cannot set them: answer at once, without a check or a syscall.
+            # fuse_caches.c gives this answer before the request reaches
+            # Python; this is the same rule for a session without it.
             raise ERR(errno.ENODATA)
         ino = self.table[inode_id]
         self.enf.judge(ctx, decide.getxattr, self._paths(ino), ino.fmt)

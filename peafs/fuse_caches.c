@@ -2,7 +2,8 @@
  * Ask the kernel to cache what pyfuse3 3.5 gives PeaFS no way to ask for:
  * symlink bodies (FUSE_CAP_CACHE_SYMLINKS, below) and directory listings
  * (cache_readdir and keep_cache on every opendir reply: see
- * opendir_with_cache).
+ * opendir_with_cache). And answer one request that needs no Python at all
+ * (getxattr_caps_here).
  *
  * Symlink bodies.
  *
@@ -32,6 +33,7 @@
 #define _GNU_SOURCE
 #define FUSE_USE_VERSION 34
 #include <dlfcn.h>
+#include <errno.h>
 #include <string.h>
 #include <fuse_lowlevel.h>
 
@@ -68,6 +70,25 @@ static void opendir_with_cache(fuse_req_t req, fuse_ino_t ino, struct fuse_file_
     pyfuse3_opendir(req, ino, fi);
 }
 
+/* GETXATTR of security.capability. The kernel asks it before every write to
+ * a file of a FUSE mount (file_remove_privs: FUSE never marks an inode
+ * S_NOSEC, so each write asks again): about 7 of the ~64 requests per
+ * message Postfix accepts, most of them for its log. PeaFS's answer is
+ * always ENODATA, without a check or a syscall (fs.py, getxattr: file
+ * capabilities never apply on a nosuid mount and a pod cannot set them), so
+ * it is given here, in libfuse's dispatch, without creating a Python task
+ * for it. Every other name goes to PeaFS. */
+static void (*pyfuse3_getxattr)(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
+
+static void getxattr_caps_here(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+    if (strcmp(name, "security.capability") == 0) {
+        fuse_reply_err(req, ENODATA);
+        return;
+    }
+    pyfuse3_getxattr(req, ino, name, size);
+}
+
 typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
@@ -88,6 +109,9 @@ struct fuse_session *fuse_session_new(struct fuse_args *args,
     pyfuse3_opendir = wrapped_ops.opendir;
     if (pyfuse3_opendir)
         wrapped_ops.opendir = opendir_with_cache;
+    pyfuse3_getxattr = wrapped_ops.getxattr;
+    if (pyfuse3_getxattr)
+        wrapped_ops.getxattr = getxattr_caps_here;
     peapod_sessions_wrapped++;
     return libfuse_session_new(args, &wrapped_ops, n, userdata);
 }

@@ -11,13 +11,15 @@ is never refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
 import subprocess
 
 import pytest
 
 from peafs_support import run_in_pea
-from helpers_peafs import in_subprocess_as_host, run_snippet, tree
+from helpers_peafs import daemon_calls, in_subprocess_as_host, run_snippet, tree
 
 POLICY = r'''
 [pea.all.files]
@@ -67,9 +69,27 @@ def m(peafs_module_mount, tmp_path_factory):
         os.mkfifo(root / "pipes" / name, 0o666)
     os.setxattr(root / "none" / "f", "user.k", b"v")
     os.setxattr(root / "ro" / "f", "user.k", b"v")
+    # A real file capability (VFS_CAP_REVISION_2, effective, CAP_NET_RAW):
+    # never shown in a pod (test_file_capabilities_are_never_shown).
+    os.setxattr(root / "ro" / "f", "security.capability",
+                struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0))
     mount = peafs_module_mount(POLICY, root=root)
     # Sockets must be bound by a live server: one in pea "all" for the test.
     return mount
+
+
+def test_file_capabilities_are_never_shown(m):
+    # The kernel asks for security.capability before every write; the
+    # answer is ENODATA for every caller, whatever the staging file holds
+    # (file capabilities never apply on a nosuid mount), and it is given in
+    # libfuse's dispatch (fuse_caches.c). Any other name still reaches
+    # PeaFS and its rules.
+    got = run_snippet(m, "all", 'out = [E(os.getxattr, "ro/f", "security.capability"), '
+                                'E(os.getxattr, "ro/f", "user.k")]')
+    assert got == ["ENODATA", "OK"]
+    got = run_snippet(m, "p", 'out = [E(os.getxattr, "none/f", "security.capability"), '
+                              'E(os.getxattr, "none/f", "user.k")]')
+    assert got == ["ENODATA", "EACCES"]
 
 
 def test_reading(m):
@@ -270,8 +290,10 @@ out = [E(opens, "pipes/nonefifo", os.O_RDONLY | os.O_NONBLOCK),
     assert got == ["OK", "ENXIO"]
 
 
-def test_sockets_guarded_even_against_pod_root(m):
-    # A long-lived server: .run waits for its command, so use Popen directly.
+@contextlib.contextmanager
+def _socket_server(m):
+    """pipes/wsock and pipes/nosock listening, served by pea "all" (a
+    long-lived server: .run waits for its command, so Popen directly)."""
     from peafs_support import peafs_cmd
     proc = subprocess.Popen(
         peafs_cmd("run", m.mountpoint, "--pea", "all", "--", "/usr/bin/python3", "-I", "-S", "-c", r'''
@@ -279,12 +301,20 @@ import socket, os, sys
 socks = []
 for name in ("pipes/wsock", "pipes/nosock"):
     if os.path.lexists(name): os.unlink(name)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind(name); s.listen(8); socks.append(s)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind(name); s.listen(64); socks.append(s)
 print("ready", flush=True)
 sys.stdin.read()
 '''), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=m.env())
     try:
         assert proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_sockets_guarded_even_against_pod_root(m):
+    with _socket_server(m):
         got = run_snippet(m, "p", r'''
 out = {"w": E(connect, "pipes/wsock"), "none": E(connect, "pipes/nosock")}
 ''')
@@ -293,9 +323,27 @@ out = {"w": E(connect, "pipes/wsock"), "none": E(connect, "pipes/nosock")}
 out = E(connect, "pipes/nosock")
 ''')
         assert got == "OK"
-    finally:
-        proc.stdin.close()
-        proc.wait(timeout=30)
+        # Right after another pea was let in: refused again (the kernel
+        # keeps the name, never that pea's attributes).
+        got = run_snippet(m, "p", r'''
+out = E(connect, "pipes/nosock")
+''')
+        assert got == "EACCES"
+
+
+def test_a_socket_s_name_is_kept_and_its_attributes_asked_at_every_connect(m, tmp_path):
+    # The kernel keeps a socket's name like any other (the same for every
+    # caller), so 50 connects make no LOOKUP of it (an O_PATH open of the
+    # name in the daemon); its attributes are still the caller's, asked at
+    # each connect, so the pea refused stays refused at every one of them.
+    with _socket_server(m):
+        run_snippet(m, "p", 'out = E(connect, "pipes/wsock")')      # the first lookup
+        lookups, got = daemon_calls(m, "openat", "p", r'''
+out = [E(connect, "pipes/wsock") for _ in range(50)] + [E(connect, "pipes/nosock") for _ in range(50)]
+''', tmp_path, containing="sock")
+        assert got == ["OK"] * 50 + ["EACCES"] * 50
+        assert lookups <= 1, f"{lookups} lookups of the sockets for 100 connects"
+
 
 
 def test_unix_checks_still_apply(m):
