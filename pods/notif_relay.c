@@ -33,6 +33,7 @@
  * number, and Python drops records of a serial it no longer serves. The
  * pipe is written without the lock held (a full pipe must not block
  * relay_remove, which Python calls from the thread that drains the pipe).
+ * Python holds at most WINDOW notifications at a time (relay_done).
  *
  * Stopping: Python closes the pipe's read end first, so that a thread
  * blocked on a full pipe gets EPIPE and returns to see the stop event.
@@ -78,8 +79,22 @@ struct listener {
     uint32_t serial;
 };
 
+/* How many notifications Python may hold at once (received from the
+ * kernel, not yet decided). A received notification's caller waits
+ * killably only (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV): SIGSTOP no longer
+ * stops it. Receiving ahead of Python would make every caller with a
+ * pending call unstoppable until Python reached it; under a storm of
+ * kill() calls, `pod checkpoint`'s hold could then not stop the pod
+ * (tests/pods/test_podhold.py, the forking SIGCONT attackers: it failed so
+ * with an unbounded relay). With one, the relay takes the next call only
+ * when Python has decided the last, as the supervisor did before it. */
+#define WINDOW 1
+
 struct relay {
     pthread_mutex_t lock;
+    pthread_cond_t room;            /* signalled when outstanding drops, or at stop */
+    int outstanding;                /* notifications passed, not yet done */
+    int stopping;
     pthread_t thread;
     int epfd;
     int out;                        /* write end of the pipe to Python */
@@ -246,7 +261,9 @@ static void drain(struct relay *r, int fd, uint32_t serial, uint32_t events) {
         rec.fd = fd;
         rec.serial = serial;
         pthread_mutex_lock(&r->lock);
-        if (serial_of(r, fd) != serial) {       /* removed meanwhile */
+        if (serial_of(r, fd) != serial || r->outstanding >= WINDOW) {
+            /* removed meanwhile, or Python's hands are full: epoll
+             * reports the listener again once serve() may receive. */
             pthread_mutex_unlock(&r->lock);
             return;
         }
@@ -291,6 +308,7 @@ static void drain(struct relay *r, int fd, uint32_t serial, uint32_t events) {
             continue;
         }
         r->passed++;
+        r->outstanding++;
         pthread_mutex_unlock(&r->lock);
         rec.kind = REC_NOTIF;
         put(r, &rec);
@@ -301,6 +319,13 @@ static void *serve(void *arg) {
     struct relay *r = arg;
     struct epoll_event evs[32];
     for (;;) {
+        pthread_mutex_lock(&r->lock);
+        while (r->outstanding >= WINDOW && !r->stopping)
+            pthread_cond_wait(&r->room, &r->lock);
+        int stopping = r->stopping;
+        pthread_mutex_unlock(&r->lock);
+        if (stopping)
+            return NULL;
         int n = epoll_wait(r->epfd, evs, 32, -1);
         if (n < 0) {
             if (errno == EINTR)
@@ -324,6 +349,7 @@ struct relay *relay_new(int out) {
     if (!r)
         return NULL;
     pthread_mutex_init(&r->lock, NULL);
+    pthread_cond_init(&r->room, NULL);
     r->out = out;
     r->epfd = r->stop = -1;
     for (int i = 0; i < ARMED_SLOTS; i++)
@@ -358,6 +384,10 @@ fail:;
 /* Stop the thread and free everything but the listeners (their owner
  * closes them). */
 void relay_stop(struct relay *r) {
+    pthread_mutex_lock(&r->lock);
+    r->stopping = 1;
+    pthread_cond_signal(&r->room);
+    pthread_mutex_unlock(&r->lock);
     uint64_t one = 1;
     if (write(r->stop, &one, sizeof one) < 0) {
         /* an eventfd write of 1 cannot fail short of a counter overflow */
@@ -368,8 +398,18 @@ void relay_stop(struct relay *r) {
             close(r->pidfds[i]);
     close(r->epfd);
     close(r->stop);
+    pthread_cond_destroy(&r->room);
     pthread_mutex_destroy(&r->lock);
     free(r);
+}
+
+/* Python has decided a notification it was passed: room for the next. */
+void relay_done(struct relay *r) {
+    pthread_mutex_lock(&r->lock);
+    if (r->outstanding > 0)
+        r->outstanding--;
+    pthread_cond_signal(&r->room);
+    pthread_mutex_unlock(&r->lock);
 }
 
 void relay_counts(struct relay *r, uint64_t *fast, uint64_t *passed) {

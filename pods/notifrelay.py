@@ -3,7 +3,8 @@
     relay = Relay()                 # starts the thread
     serial = relay.add(listener)    # the thread receives from it from now on
     relay.arm(tgid, pidfd)          # its alarm()s are continued by the thread
-    for rec in relay.read(): ...    # everything else, when relay.fileno is readable
+    for rec in relay.read(): ...    # everything else, when relay.fileno is readable;
+        relay.done()                # after each NOTIF record: room for the next
     relay.remove(listener)          # then the caller may close it
     relay.close()
 
@@ -60,7 +61,7 @@ def _load() -> ctypes.CDLL:
         getattr(lib, name).restype = ctypes.c_long
     for name in ("relay_arm", "relay_would_continue"):
         getattr(lib, name).restype = ctypes.c_int
-    for name in ("relay_remove", "relay_disarm", "relay_stop", "relay_counts"):
+    for name in ("relay_remove", "relay_disarm", "relay_stop", "relay_counts", "relay_done"):
         getattr(lib, name).restype = None
     lib.relay_add.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.relay_remove.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -68,6 +69,7 @@ def _load() -> ctypes.CDLL:
     lib.relay_disarm.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.relay_would_continue.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.relay_stop.argtypes = [ctypes.c_void_p]
+    lib.relay_done.argtypes = [ctypes.c_void_p]
     lib.relay_counts.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
                                  ctypes.POINTER(ctypes.c_uint64)]
     lib.relay_record_size.restype = ctypes.c_uint
@@ -127,6 +129,11 @@ class Relay:
     def would_continue(self, tid: int) -> bool:
         """The thread's own condition for continuing an alarm() of ``tid``."""
         return bool(self._lib.relay_would_continue(self._r, tid))
+
+    def done(self) -> None:
+        """A NOTIF record from ``read()`` is decided (or dropped): the thread
+        may receive the next notification (notif_relay.c, WINDOW)."""
+        self._lib.relay_done(self._r)
 
     def counts(self) -> tuple[int, int]:
         """(alarm calls continued by the thread, notifications passed on)."""

@@ -190,10 +190,15 @@ class Supervisor:
         while True:
             await trio.lowlevel.wait_readable(rfd)
             for rec in self._relay.read():
-                if self._listeners.get(rec.fd) != rec.serial:
-                    continue   # a listener dropped since (its fd number may be reused)
                 if rec.kind == notifrelay.NOTIF:
-                    self._handle(rec.fd, rec.note)
+                    try:
+                        # A listener dropped since: its fd number may be reused.
+                        if self._listeners.get(rec.fd) == rec.serial:
+                            self._handle(rec.fd, rec.note)
+                    finally:
+                        self._relay.done()
+                elif self._listeners.get(rec.fd) != rec.serial:
+                    continue
                 elif rec.kind == notifrelay.HUP:
                     self._drop(rec.fd)   # no process uses this filter any more
                 else:

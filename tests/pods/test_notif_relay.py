@@ -13,6 +13,8 @@ import errno
 import os
 import threading
 
+import trio
+
 from pod_support import end_supervisor, sleeper_with_pid, wait_for
 from testbed.seccomp_harness import Pea, fake_pod
 
@@ -102,3 +104,41 @@ def test_a_finished_exec_s_listener_is_closed(shared_pod):
     for _ in range(5):
         assert shared_pod.exec("true").returncode == 0
     wait_for(lambda: _listeners(daemon) <= before, what="the execs' listeners to be closed")
+
+
+def _state(host_pid: int) -> str:
+    with open(f"/proc/{host_pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+async def test_a_call_python_has_not_reached_stays_stoppable():
+    # A received notification's caller waits killably only
+    # (WAIT_KILLABLE_RECV): a SIGSTOP wakes it, and it goes back to sleep
+    # uninterruptibly (D) instead of stopping. The relay takes a call only
+    # when Python has decided the last, so while Python holds one, the next
+    # caller is still in the kernel's queue and stops (T): `pod
+    # checkpoint`'s hold depends on it. (Nothing serves the supervisor
+    # here: Python never decides the first call.)
+    import signal
+    from pods.supervisor import Supervisor
+    async with fake_pod({"a": Pea("a", connect=True)}, supervise=False) as pod:
+        a1, a2, target = await pod.agent("a"), await pod.agent("a"), await pod.agent("a")
+        sup = Supervisor("t-relay-window", None)
+        listener, pod.listener_taken = pod.listener_taken, None
+        sup.add_listener(listener)
+        try:
+            async with trio.open_nursery() as nursery:
+                for agent in (a1, a2):
+                    nursery.start_soon(lambda ag=agent: ag.call("kill", target.vpid, 0))
+                await trio.sleep(0.5)
+                assert sup._relay.counts() == (0, 1)      # one passed to Python
+                for agent in (a1, a2):
+                    os.kill(agent.host, signal.SIGSTOP)
+                await trio.sleep(0.3)
+                states = sorted(_state(ag.host) for ag in (a1, a2))
+                for agent in (a1, a2):
+                    os.kill(agent.host, signal.SIGCONT)
+                assert states == ["D", "T"], states
+                sup.close()       # the kernel fails both calls (ENOSYS)
+        finally:
+            sup.close()
