@@ -11,6 +11,7 @@ figure is the median of the repetitions:
   beforehand (``read_open_warm``: the page cache alone, no open or close),
 - untar of a tar of that tree into a fresh directory,
 - create then delete of 10 000 small files,
+- 10 000 appends of a 120-byte record to one file, then an fsync (a log),
 - 1 GiB sequential write (with fsync) and cold sequential read,
 - the latency of small warm reads (stat, open, read 4 KiB, close) alone and
   while two other processes write and fsync in a loop (``read_p99_idle``,
@@ -168,6 +169,22 @@ def worker(workload: str, target: str, extra: list[str]) -> dict:
         deleted = t() - t0
         os.rmdir(d)
         return {"create_small": created, "delete_small": deleted}
+    if workload == "log_append":
+        # A service's log: records of 120 bytes appended one write each (as
+        # Postfix's postlogd writes its log), then one fsync.
+        count = int(extra[0])
+        record = b"x" * 119 + b"\n"
+        fd = os.open(os.path.join(target, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            t0 = t()
+            for _ in range(count):
+                os.write(fd, record)
+            os.fsync(fd)
+            took = t() - t0
+        finally:
+            os.close(fd)
+        os.unlink(os.path.join(target, "log"))
+        return {"log_append": took}
     if workload == "seq_write":
         size = int(extra[0])
         buf = os.urandom(CHUNK)
@@ -374,15 +391,15 @@ def run(args) -> dict:
                 os.chmod(legs.dirs[leg] if leg == "native" else legs.bindfs_src, 0o777)
             os.chmod(legs.staging, 0o777)
             for _ in range(reps):
-                for workload in ("stat", "read", "untar", "create_delete", "seq_write",
-                                 "seq_read"):
+                for workload in ("stat", "read", "untar", "create_delete", "log_append",
+                                 "seq_write", "seq_read"):
                     for leg in legs_order:
                         d = str(legs.dirs[leg])
                         extra: list[str] = []
                         target = os.path.join(d, "tree")
                         if workload == "untar":
                             extra = [str(base / "tree.tar"), os.path.join(d, "untarred")]
-                        elif workload == "create_delete":
+                        elif workload in ("create_delete", "log_append"):
                             target, extra = d, [str(small)]
                         elif workload in ("seq_write", "seq_read"):
                             target, extra = d, [str(size)]

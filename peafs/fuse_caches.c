@@ -41,6 +41,7 @@
 int peapod_sessions_wrapped = 0;
 
 static struct fuse_lowlevel_ops wrapped_ops;
+static struct fuse_session *wrapped_session;
 static void (*pyfuse3_init)(void *userdata, struct fuse_conn_info *conn);
 static void (*pyfuse3_opendir)(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
@@ -113,5 +114,19 @@ struct fuse_session *fuse_session_new(struct fuse_args *args,
     if (pyfuse3_getxattr)
         wrapped_ops.getxattr = getxattr_caps_here;
     peapod_sessions_wrapped++;
-    return libfuse_session_new(args, &wrapped_ops, n, userdata);
+    wrapped_session = libfuse_session_new(args, &wrapped_ops, n, userdata);
+    return wrapped_session;
+}
+
+/* For peafs/readloop.py, which waits for requests in pyfuse3's stead: the
+ * session's descriptor and whether it was told to exit (pyfuse3 keeps both
+ * to itself). -1 before a session exists. */
+int peapod_session_fd(void)
+{
+    return wrapped_session ? fuse_session_fd(wrapped_session) : -1;
+}
+
+int peapod_session_exited(void)
+{
+    return wrapped_session ? fuse_session_exited(wrapped_session) : 1;
 }

@@ -74,3 +74,13 @@ def check_wrapped() -> None:
         raise FuseCapsError(
             f"pyfuse3 did not call fuse_session_new through {LIBRARY.name}: pyfuse3 "
             "was imported before the peafs package (import peafs first)")
+
+
+def session_fd() -> int:
+    """The FUSE session's descriptor (-1 before ``pyfuse3.init``)."""
+    return _lib.peapod_session_fd() if _lib is not None else -1
+
+
+def session_exited() -> bool:
+    """Whether the session was told to end (``pyfuse3.terminate``)."""
+    return _lib is None or bool(_lib.peapod_session_exited())

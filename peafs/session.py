@@ -30,7 +30,7 @@ import trio
 
 from kernel import cgroup, libc, mountinfo
 
-from . import execwatch, fusecaps
+from . import execwatch, fusecaps, readloop
 from .audit import AuditLog
 from .budget import OpenBudget
 from .enforce import Enforcer
@@ -210,6 +210,7 @@ class PeaFSSession:
             async with trio.open_nursery() as nursery:
                 if self.watch is not None:
                     nursery.start_soon(self.watch.run)
+                readloop.install()
                 await pyfuse3.main(min_tasks=1, max_tasks=MAX_TASKS)
                 nursery.cancel_scope.cancel()
         finally:
