@@ -159,6 +159,10 @@ def find_trees(daemon) -> list[dict]:
     pids = [p for p in cgroup.pids_in(daemon.name)
             if p not in ours and cgroup.pea_of(p, daemon.name) != cgroup.CHECKPOINT]
     parent = {p: procfs.ppid(p) for p in pids}
+    # A process that exited since the listing has no parent to read: it is
+    # no tree of its own (it was taken for a `pod exec` tree).
+    parent = {p: pp for p, pp in parent.items() if pp is not None}
+    pids = list(parent)
     service_of = {st.pid: st.spec.name for st in daemon.services.states if st.pid}
     members: dict[int, list[int]] = {}
     for p in pids:
@@ -304,9 +308,6 @@ def _criu_version(binary: str) -> str:
 def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
     """The blocking body of ``checkpoint`` (run in a thread)."""
     binary = criu.binary()
-    trees = find_trees(daemon)
-    if not trees:
-        raise CheckpointError(f"pod {daemon.name} has no process to checkpoint")
     ipc_pea = {os.fstat(fd).st_ino: pea for pea, fd in daemon.ipc_ns.items()}
     log_pipes = {st.log_pipe: st.spec.name for st in daemon.services.states if st.log_pipe}
     started = time.monotonic()
@@ -319,6 +320,14 @@ def _checkpoint(daemon, directory: Path, leave_running: bool) -> dict:
         kill = not leave_running
         must_stop = False   # the programs could not be attached again
         try:
+            # The trees, read while nothing forks or exits. Read before the
+            # hold, a process that exited meanwhile had no parent to read
+            # and made its tree look like a `pod exec`'s (the mail pod's
+            # deliveries, tests/e2e/test_mail_move.py), and a process forked
+            # meanwhile was missing from its tree's pids.
+            trees = find_trees(daemon)
+            if not trees:
+                raise CheckpointError(f"pod {daemon.name} has no process to checkpoint")
             progs = _unix_programs(daemon)
             # The tree's facts, read while nothing moves.
             pod_mounts = _mount_ids(daemon.init_pid)

@@ -441,3 +441,24 @@ def test_restore_refuses_an_address_in_use(pod_factory, tmp_path, criu_built):
     r = pod.cli("restore", img, "--name", "twin", "--root", copy, "--address",
                 f"10.233.{third + 50}.2/24", timeout=120)
     assert r.returncode == 2 and "the id ranges of pod twin overlap" in r.stderr, r.stderr
+
+
+def test_a_process_that_exits_while_the_trees_are_read_is_no_pod_exec(monkeypatch):
+    # find_trees lists the pod's processes, then reads each one's parent.
+    # One that exited in between has no parent to read: it is gone, not a
+    # tree of its own, and not a `pod exec` tree that refuses the
+    # checkpoint (the mail pod's deliveries made it so, once, in
+    # tests/e2e/test_mail_move.py).
+    from types import SimpleNamespace
+    from kernel import procfs
+    from pods import checkpoint
+    parents = {10: 1000, 11: 10, 12: None}
+    monkeypatch.setattr(cgroup, "pids_in", lambda name: list(parents))
+    monkeypatch.setattr(cgroup, "pea_of", lambda pid, name: "app")
+    monkeypatch.setattr(procfs, "ppid", lambda pid: parents[pid])
+    daemon = SimpleNamespace(name="t-trees", init_pid=1000, keeper=None,
+                             services=SimpleNamespace(states=[]))
+    assert checkpoint.find_trees(daemon) == [{"root": 10, "pids": [10, 11], "service": None}]
+    parents[12] = 4242                         # a live process under another parent
+    with pytest.raises(checkpoint.CheckpointError, match="pod exec"):
+        checkpoint.find_trees(daemon)
