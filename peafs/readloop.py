@@ -18,7 +18,11 @@ time. Here a task first yields once (so that a stream of requests cannot
 starve the other tasks: the exec watch, the worker threads' answers), then
 reads at once if poll() says a request is queued, with no await between that
 poll and pyfuse3's read; otherwise it becomes the one task waiting in epoll,
-or, if another already is, parks until that one is woken.
+or, if another already is, parks. A task that goes on to handle a request
+while no task waits in epoll wakes one parked task first, so that a handler
+that waits (a worker thread) never leaves the next request unread; waking
+them all instead cost the web pod's CGI page 10% (its large reads wait for
+worker threads, whose answers then queued behind the woken herd).
 """
 
 from __future__ import annotations
@@ -60,8 +64,16 @@ async def wait_fuse_readable() -> bool:
     fd = fusecaps.session_fd()
     while True:
         if st.closed or fusecaps.session_exited():
+            st.lot.unpark_all()  # every parked task ends too
             return False
         if _ready(fd):
+            # This task reads and handles a request, which may wait (a
+            # worker thread): another task must be there for the next one.
+            # If none waits in epoll, wake one parked task (just one: a
+            # herd of woken tasks would each poll, and a worker thread's
+            # answer would wait behind all of them).
+            if not st.waiting:
+                st.lot.unpark()
             return True          # read by pyfuse3 before anything else runs
         if st.waiting:
             await st.lot.park()  # another task waits in epoll for us all
@@ -71,10 +83,10 @@ async def wait_fuse_readable() -> bool:
             await trio.lowlevel.wait_readable(fd)
         except trio.ClosedResourceError:
             st.closed = True     # pyfuse3.terminate: the session is ending
+            st.lot.unpark_all()
             return False
         finally:
             st.waiting = False
-            st.lot.unpark_all()
 
 
 def install() -> bool:
