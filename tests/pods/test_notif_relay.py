@@ -13,43 +13,48 @@ import errno
 import os
 import threading
 
+import pytest
 import trio
 
 from pod_support import end_supervisor, sleeper_with_pid, wait_for
 from testbed.seccomp_harness import Pea, fake_pod
 
 
-def test_the_relay_continues_only_the_live_noted_process():
-    # The thread answers alarm() of a tid on its own only while that tid is
-    # a noted process whose pidfd says it has not exited: not a process
-    # never noted, not one whose note died (its pid may come back as a
-    # process never noted, which must be decided and noted in Python, or
-    # it could cross a transition with its timer armed), not another thread.
+@pytest.mark.parametrize("where", ["relay", "python"])
+def test_the_armed_fast_path_takes_only_the_live_noted_process(where):
+    # A repeated alarm() of a noted process is continued without the full
+    # decision: by the relay's thread (relay.would_continue is its own
+    # condition) or, for a call the relay passes on, by
+    # Supervisor._armed_already. Either must answer yes for that process's
+    # own main thread only: not for a process never noted, not once the
+    # noted one died (its pid may come back as a process never noted,
+    # which must be decided and noted in Python, or it could cross a
+    # transition with its timer armed), not for another thread's tid.
     import subprocess
     from pods.supervisor import Supervisor
-    sup = Supervisor("t-relay-fast", None)
-    relay = sup._relay
+    sup = Supervisor("t-armed-fast", None)
+    continues = sup._relay.would_continue if where == "relay" else sup._armed_already
     first = subprocess.Popen(["sleep", "30"])
     second = None
     try:
         pid = first.pid
-        assert not relay.would_continue(pid)               # never noted
+        assert not continues(pid)                          # never noted
         assert sup._arm_host(pid)
-        assert relay.would_continue(pid)
+        assert continues(pid)
         first.kill()
         first.wait()
-        assert not relay.would_continue(pid)               # its note is dead
+        assert not continues(pid)                          # its note is dead
         second = sleeper_with_pid(pid)
-        assert not relay.would_continue(pid), "a reused pid passed for the noted process"
-        assert sup._arm_host(pid)                          # Python notes the new one
-        assert relay.would_continue(pid)
+        assert not continues(pid), "a reused pid passed for the noted process"
+        assert sup._arm_host(pid)                          # the new one is noted
+        assert continues(pid)
         me = os.getpid()
         assert sup._arm_host(me)
         tids = []
         t = threading.Thread(target=lambda: tids.append(threading.get_native_id()))
         t.start()
         t.join()
-        assert relay.would_continue(me) and not relay.would_continue(tids[0])
+        assert continues(me) and not continues(tids[0])
     finally:
         end_supervisor(sup, first, second)
 

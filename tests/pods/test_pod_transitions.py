@@ -15,7 +15,6 @@ name), ``pea`` (last component of /proc/self/cgroup's "0::" line) and
 
 from __future__ import annotations
 
-import os
 import json
 import shutil
 import subprocess
@@ -213,38 +212,5 @@ def test_an_armed_mark_follows_the_process_not_its_reused_pid():
         second = sleeper_with_pid(pid)
         assert sup._arm_host(pid)                      # the new process arms a timer
         assert "armed" in (sup.transition_guard(pid) or ""), "the reused pid's note was lost"
-    finally:
-        end_supervisor(sup, first, second)
-
-
-def test_the_armed_fast_path_takes_only_the_live_noted_process():
-    # A repeated alarm() of a noted process is continued without the full
-    # decision (Supervisor._armed_already). It must answer yes for that
-    # process's own main thread only: not once the process died (its pid
-    # may come back as a process that was never noted, which must take the
-    # full path and be noted), and not for a tid of another thread.
-    import threading
-    from pods.supervisor import Supervisor
-    sup = Supervisor("t-armed-fast", None)
-    first = subprocess.Popen(["sleep", "30"])
-    second = None
-    try:
-        pid = first.pid
-        assert not sup._armed_already(pid)               # never noted: the full path
-        assert sup._arm_host(pid)
-        assert sup._armed_already(pid)
-        first.kill()
-        first.wait()
-        assert not sup._armed_already(pid)               # dead: its note says nothing
-        second = sleeper_with_pid(pid)
-        assert not sup._armed_already(pid), "a reused pid passed for the noted process"
-        # Another thread of a noted process: its tid is no key of the notes.
-        me = os.getpid()
-        assert sup._arm_host(me)
-        tids = []
-        t = threading.Thread(target=lambda: tids.append(threading.get_native_id()))
-        t.start()
-        t.join()
-        assert sup._armed_already(me) and not sup._armed_already(tids[0])
     finally:
         end_supervisor(sup, first, second)
