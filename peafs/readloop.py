@@ -46,12 +46,13 @@ class _State:
 _state = _State()
 
 
-def _ready(fd: int) -> bool:
-    if _state.fd != fd:
-        _state.poller = select.poll()
-        _state.poller.register(fd, select.POLLIN)
-        _state.fd = fd
-    return bool(_state.poller.poll(0))
+def _reset(fd: int) -> None:
+    """A new session on descriptor ``fd``: nobody waits, nobody is parked."""
+    _state.waiting = _state.closed = False
+    _state.lot = None
+    _state.fd = fd
+    _state.poller = select.poll()
+    _state.poller.register(fd, select.POLLIN)
 
 
 async def wait_fuse_readable() -> bool:
@@ -61,12 +62,11 @@ async def wait_fuse_readable() -> bool:
     st = _state
     if st.lot is None:
         st.lot = trio.lowlevel.ParkingLot()
-    fd = fusecaps.session_fd()
     while True:
-        if st.closed or fusecaps.session_exited():
+        if st.closed:
             st.lot.unpark_all()  # every parked task ends too
             return False
-        if _ready(fd):
+        if st.poller.poll(0):
             # This task reads and handles a request, which may wait (a
             # worker thread): another task must be there for the next one.
             # If none waits in epoll, wake one parked task (just one: a
@@ -78,13 +78,16 @@ async def wait_fuse_readable() -> bool:
         if st.waiting:
             await st.lot.park()  # another task waits in epoll for us all
             continue
+        # pyfuse3's loop checked the session before calling us; before a
+        # wait that only a request or pyfuse3.terminate ends, check again.
+        if fusecaps.session_exited():
+            st.closed = True
+            continue
         st.waiting = True
         try:
-            await trio.lowlevel.wait_readable(fd)
+            await trio.lowlevel.wait_readable(st.fd)
         except trio.ClosedResourceError:
             st.closed = True     # pyfuse3.terminate: the session is ending
-            st.lot.unpark_all()
-            return False
         finally:
             st.waiting = False
 
@@ -93,10 +96,9 @@ def install() -> bool:
     """Use ``wait_fuse_readable`` in pyfuse3's loop for the next session.
     False (pyfuse3 keeps its own wait) if this pyfuse3 has no such step or
     the library does not know the session."""
-    if not hasattr(pyfuse3, "_wait_fuse_readable") or fusecaps.session_fd() < 0:
+    fd = fusecaps.session_fd()
+    if not hasattr(pyfuse3, "_wait_fuse_readable") or fd < 0:
         return False
-    _state.waiting = _state.closed = False
-    _state.lot = None
-    _state.fd = -1
+    _reset(fd)
     pyfuse3._wait_fuse_readable = wait_fuse_readable
     return True

@@ -57,8 +57,7 @@ def _load() -> ctypes.CDLL:
                                "with `make deps`") from None
     lib.relay_new.restype = ctypes.c_void_p
     lib.relay_new.argtypes = [ctypes.c_int]
-    for name in ("relay_add",):
-        getattr(lib, name).restype = ctypes.c_long
+    lib.relay_add.restype = ctypes.c_long
     for name in ("relay_arm", "relay_would_continue"):
         getattr(lib, name).restype = ctypes.c_int
     for name in ("relay_remove", "relay_disarm", "relay_stop", "relay_counts", "relay_done"):

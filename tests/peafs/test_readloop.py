@@ -23,11 +23,8 @@ def pipe(monkeypatch):
     r, w = os.pipe()
     os.set_blocking(r, False)     # a read of an empty pipe fails here instead of hanging
     state = {"exited": False}
-    monkeypatch.setattr(fusecaps, "session_fd", lambda: r)
     monkeypatch.setattr(fusecaps, "session_exited", lambda: state["exited"])
-    readloop._state.waiting = readloop._state.closed = False
-    readloop._state.lot = None
-    readloop._state.fd = -1
+    readloop._reset(r)
     yield r, w, state
     os.close(r)
     os.close(w)
