@@ -35,10 +35,11 @@ deps: $(VENV)/.installed $(SHIM) $(RELAY) $(FRONT)
 $(FRONT): pods/pod_front.c $(VENV)/.installed
 	gcc -O2 -Wall -Wextra -Werror -DPOD_PYTHON='"$(abspath $(PY))"' -o $@ pods/pod_front.c
 
-$(SHIM): peafs/fuse_caches.c peafs/fuse_caches.map $(VENV)/.installed
+$(SHIM): peafs/fuse_caches.c peafs/fuse_fsync.c peafs/fuse_fsync.h \
+	  peafs/fuse_caches.map $(VENV)/.installed
 	@mkdir -p $(@D)
-	gcc -shared -fPIC -O2 -Wall -Wextra -Werror $$(pkg-config --cflags fuse3) \
-	  -Wl,--version-script=peafs/fuse_caches.map -o $@ peafs/fuse_caches.c \
+	gcc -shared -fPIC -O2 -pthread -Wall -Wextra -Werror $$(pkg-config --cflags fuse3) \
+	  -Wl,--version-script=peafs/fuse_caches.map -o $@ peafs/fuse_caches.c peafs/fuse_fsync.c \
 	  -Wl,--no-as-needed $$(pkg-config --libs fuse3) -ldl
 
 $(RELAY): pods/notif_relay.c $(VENV)/.installed

@@ -2,8 +2,9 @@
  * Ask the kernel to cache what pyfuse3 3.5 gives PeaFS no way to ask for:
  * symlink bodies (FUSE_CAP_CACHE_SYMLINKS, below) and directory listings
  * (cache_readdir and keep_cache on every opendir reply: see
- * opendir_with_cache). And answer one request that needs no Python at all
- * (getxattr_caps_here).
+ * opendir_with_cache). And answer requests that need no Python at all:
+ * GETXATTR of security.capability (getxattr_caps_here) and FSYNC, in C
+ * threads (fuse_fsync.c).
  *
  * Symlink bodies.
  *
@@ -36,6 +37,8 @@
 #include <errno.h>
 #include <string.h>
 #include <fuse_lowlevel.h>
+
+#include "fuse_fsync.h"
 
 /* How many sessions were made through the wrapper (fusecaps.check_wrapped). */
 int peapod_sessions_wrapped = 0;
@@ -113,9 +116,24 @@ struct fuse_session *fuse_session_new(struct fuse_args *args,
     pyfuse3_getxattr = wrapped_ops.getxattr;
     if (pyfuse3_getxattr)
         wrapped_ops.getxattr = getxattr_caps_here;
+    if (wrapped_ops.fsync)
+        wrapped_ops.fsync = peapod_fsync;
     peapod_sessions_wrapped++;
     wrapped_session = libfuse_session_new(args, &wrapped_ops, n, userdata);
     return wrapped_session;
+}
+
+/* The session ends: first every fsync in progress answers (its thread
+ * writes to the session's descriptor), then libfuse frees the session. */
+void fuse_session_destroy(struct fuse_session *se)
+{
+    void (*libfuse_session_destroy)(struct fuse_session *) =
+        (void (*)(struct fuse_session *))dlvsym(RTLD_NEXT, "fuse_session_destroy", "FUSE_3.0");
+    peapod_fsync_drain();
+    if (se == wrapped_session)
+        wrapped_session = NULL;
+    if (libfuse_session_destroy)
+        libfuse_session_destroy(se);
 }
 
 /* For peafs/readloop.py, which waits for requests in pyfuse3's stead: the

@@ -174,3 +174,43 @@ def test_blocked_op_does_not_stop_another_pea(slow_staging, peafs_mount, tmp_pat
             hold.unlink()
         stop(reader)
         stop(writer)
+
+
+def _thread_names(pid: int) -> list[str]:
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except FileNotFoundError:
+            pass                      # the thread ended meanwhile
+    return names
+
+
+def test_fsync_waits_in_a_thread_of_its_own_not_in_python(slow_staging, peafs_mount, tmp_path):
+    """An fsync is answered by a C thread of PeaFS (peafs/fuse_fsync.c), not
+    by a Python worker: a Python worker waited for the GIL before and after
+    the call, ~2 ms per fsync of Postfix's queue files. While pea writer's
+    fsync is held on the slow file system, the call is in a "peafs-fsync"
+    thread and no Python worker ("fsync from pyfuse-...") exists."""
+    root, gates = slow_staging
+    m = peafs_mount(POLICY, root=root)
+    hold, started = gates / "hold-fsync", gates / "started-fsync"
+    writer_out = tmp_path / "writer.out"
+    writer = None
+    hold.touch()
+    try:
+        with open(writer_out, "w") as w:
+            writer = popen_in_pea(m, "writer", snippet(WRITERS["fsync"]), stdout=w,
+                                  stderr=subprocess.STDOUT)
+        wait_for(started, writer, "writer's fsync on /slow", writer_out)
+        names = _thread_names(m.daemon_pid())
+        assert "peafs-fsync" in names, names
+        assert not [n for n in names if n.startswith("fsync from")], names
+        hold.unlink()
+        writer.wait(timeout=WAIT + 10)
+        assert writer.returncode == 0, writer_out.read_text()[-3000:]
+        assert result(writer_out) == expected_writer("fsync")
+    finally:
+        if hold.exists():
+            hold.unlink()
+        stop(writer)
