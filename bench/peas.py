@@ -13,7 +13,8 @@ the median per call and the ratio pod/native:
 
 - kill(peer, 0), the peer in the same pea (allowed) or in pea b (refused
   with EPERM in the pod, a plain success natively): mediated by the
-  supervisor, one round trip to the daemon;
+  supervisor, one round trip to the daemon; and kill of a pid nobody has
+  (ESRCH both ways: Apache signals each CGI it has reaped);
 - socket+bind(8080 listed / 9999 not listed)+close, socket+connect(a closed
   port)+close from pea a (allowed: the kernel's ECONNREFUSED) and from pea b
   (refused, EACCES): decided by the kernel's BPF programs, no round trip;
@@ -42,6 +43,7 @@ CASES = [
     # (name, op kind, agent, argument: "peer-a"/"peer-b" = that agent's pid, or a port)
     ("kill(peer, 0), same pea (allowed)", "kill_peer", "a", "peer-a"),
     ("kill(peer, 0), other pea (refused)", "kill_peer", "a", "peer-b"),
+    ("kill(30000, 0), no such process (ESRCH)", "kill_peer", "a", 30000),
     ("socket+bind(listed)+close (allowed)", "bind_listed", "a", 8080),
     ("socket+bind(unlisted)+close (refused)", "bind_listed", "a", 9999),
     ("socket+connect+close (allowed)", "connect", "a", 9),

@@ -11,9 +11,11 @@ differ. Facts about the pinned process come from the pidfd itself
 namespace; PIDFD_GET_PID_NAMESPACE: its pid namespace), never from a
 /proc/PID path that a reused pid could redirect.
 
-The map from virtual to host pids is a cache refreshed by a scan of the
-pod's cgroups on a miss; every hit is re-verified on the pidfd, so a stale
-entry can cost a rescan, never a wrong answer.
+The map from virtual to host pids is a cache; on a miss the kernel
+translates the number (NS_GET_PID_FROM_PIDNS on the caller's pid namespace,
+Linux 6.11), and a scan of the pod's cgroups is the fallback. Every answer
+is re-verified on the pidfd, so a stale entry or a translation raced by an
+exit can cost a rescan, never a wrong answer.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from kernel import cgroup
 from pods import notify
 
 NS_GET_PARENT = (0xB7 << 8) | 2          # _IO(0xb7, 2)
+NS_GET_PID_FROM_PIDNS = (2 << 30) | (4 << 16) | (0xB7 << 8) | 6  # _IOR(0xb7, 6, int), Linux 6.11
 PIDFD_GET_PID_NAMESPACE = (0xFF << 8) | 5  # _IO(PIDFS_IOCTL_MAGIC, 5), Linux 6.11
 
 CAP_KILL = 5
@@ -158,6 +161,24 @@ def _ns_ino_up(pidfd: int, up: int) -> int | None:
         os.close(nsfd)
 
 
+def _translate(caller: Caller, vpid: int) -> int | None:
+    """The host pid of the task the caller's pid namespace numbers ``vpid``:
+    0 if there is none, None if the kernel cannot say (before Linux 6.11).
+    Unverified: a number to pin and check, like a cache entry."""
+    if vpid <= 0:
+        return 0
+    try:
+        nsfd = fcntl.ioctl(caller.pidfd, PIDFD_GET_PID_NAMESPACE)
+    except OSError:
+        return None
+    try:
+        return fcntl.ioctl(nsfd, NS_GET_PID_FROM_PIDNS, vpid)
+    except OSError as e:
+        return 0 if e.errno == errno.ESRCH else None
+    finally:
+        os.close(nsfd)
+
+
 def _pidfs_inodes_are_unique() -> bool:
     """pidfs (Linux 6.9) gives every struct pid its own inode number, never
     reused while the system runs: then the inode identifies a process for
@@ -279,6 +300,20 @@ class PodProcs:
             if t is not None:
                 return t
             self._vmap.pop(key, None)
+        host = _translate(caller, vpid)
+        if host == 0:
+            # The kernel has no such task in the caller's pid namespace. Apache
+            # signals every CGI it has already reaped (APR's cleanup: SIGTERM,
+            # then kill 0), two misses per request: each was a scan of every
+            # pod process's /proc status.
+            return None
+        if host is not None:
+            t = self.pin(host, caller, vpid)
+            if t is not None and self.pea_of_cgroupid(t.info.cgroupid) is not None:
+                self._vmap[key] = host
+                return t
+            if t is not None:
+                t.close()     # not in a pea's cgroup: the scan decides, as before
         for host, nspid in self._scan():
             d = caller.depth
             if len(nspid) >= d and nspid[d - 1] == vpid:

@@ -234,3 +234,24 @@ async def test_setpriority_on_a_group_or_user():
         assert await a1.call("syscall", 141, 1, 0, 5) == (-1, errno.EPERM)
         c1 = await a1.call("sleeper", True)
         assert await a1.call("syscall", 141, 1, c1, 5) == (0, 0)
+
+
+async def test_a_reaped_child_is_esrch_and_a_live_one_still_found():
+    """Apache signals each CGI it has already reaped (SIGTERM, then kill 0):
+    the supervisor answers from the kernel's translation of the number
+    (NS_GET_PID_FROM_PIDNS), not a scan of the pod, and must still say
+    ESRCH for the reaped child and find a live process of the pea, and
+    refuse one of another pea, by the same path."""
+    async with fake_pod(PEAS) as pod:
+        a1 = await pod.agent("a")
+        a2 = await pod.agent("a")
+        b1 = await pod.agent("b")
+        child = await a1.call("sleeper")
+        assert await a1.call("proc_call", "kill", child) == (0, 0)
+        host = pod.host_pid(child)
+        os.kill(host, signal.SIGKILL)
+        assert await wait_dead(host)
+        assert (await a1.call("waitpid", child))[0] == child
+        assert await a1.call("proc_call", "kill", child) == (-1, errno.ESRCH)
+        assert await a1.call("proc_call", "kill", a2.vpid) == (0, 0)
+        assert await a1.call("proc_call", "kill", b1.vpid) == (-1, errno.EPERM)
