@@ -18,7 +18,9 @@ Design (see docs/ARCHITECTURE.md, "## peafs/"):
   listings, the hard-link state's rewrite): their handlers do all their
   checks and bookkeeping first, then await the call in a worker thread on a
   descriptor of their own, so that one pea's fsync never makes another pea's
-  request wait (several FUSE worker tasks: session.py).
+  request wait (several FUSE worker tasks: session.py). FSYNC itself is
+  answered before it reaches Python, by C threads (fuse_fsync.c); the
+  handler below is the same call for a session without them.
 - Kernel caches are shared by all callers, so we give them only answers that
   are the same for everyone: names and attributes of ordinary files and
   directories (long timeouts: the pea check lives in open/create/unlink/...,
