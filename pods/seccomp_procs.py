@@ -334,6 +334,15 @@ class PodProcs:
             hosts = [proc.host]
             proc.close()
         else:
+            host = _translate(caller, vtid)
+            if host == 0:
+                return None        # no such task in the caller's pid namespace
+            if host is not None:
+                t = self.pin(host, caller, vtid, thread=True)
+                if t is not None and self.pea_of_cgroupid(t.info.cgroupid) is not None:
+                    return t
+                if t is not None:
+                    t.close()      # not in a pea's cgroup: the scan decides, as before
             hosts = [h for h, _ in self._scan()]
         for h in hosts:
             try:

@@ -241,7 +241,8 @@ async def test_a_reaped_child_is_esrch_and_a_live_one_still_found():
     the supervisor answers from the kernel's translation of the number
     (NS_GET_PID_FROM_PIDNS), not a scan of the pod, and must still say
     ESRCH for the reaped child and find a live process of the pea, and
-    refuse one of another pea, by the same path."""
+    refuse one of another pea, by the same path; tkill (a thread by its
+    tid alone) too."""
     async with fake_pod(PEAS) as pod:
         a1 = await pod.agent("a")
         a2 = await pod.agent("a")
@@ -252,6 +253,7 @@ async def test_a_reaped_child_is_esrch_and_a_live_one_still_found():
         os.kill(host, signal.SIGKILL)
         assert await wait_dead(host)
         assert (await a1.call("waitpid", child))[0] == child
-        assert await a1.call("proc_call", "kill", child) == (-1, errno.ESRCH)
-        assert await a1.call("proc_call", "kill", a2.vpid) == (0, 0)
-        assert await a1.call("proc_call", "kill", b1.vpid) == (-1, errno.EPERM)
+        for call in ("kill", "tkill"):
+            assert await a1.call("proc_call", call, child) == (-1, errno.ESRCH), call
+            assert await a1.call("proc_call", call, a2.vpid) == (0, 0), call
+            assert await a1.call("proc_call", call, b1.vpid) == (-1, errno.EPERM), call
