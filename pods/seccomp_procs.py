@@ -161,6 +161,9 @@ def _ns_ino_up(pidfd: int, up: int) -> int | None:
         os.close(nsfd)
 
 
+NO_SUCH_TASK = object()   # PodProcs._translated: the kernel says there is none
+
+
 def _translate(caller: Caller, vpid: int) -> int | None:
     """The host pid of the task the caller's pid namespace numbers ``vpid``:
     0 if there is none, None if the kernel cannot say (before Linux 6.11).
@@ -291,6 +294,26 @@ class PodProcs:
             if not ok:
                 os.close(fd)
 
+    def _translated(self, caller: Caller, vnum: int, thread: bool = False):
+        """The kernel's answer for the caller's pid (or, with ``thread``, tid)
+        ``vnum``: the task pinned and verified as a cache entry is,
+        NO_SUCH_TASK, or None when the scan must decide (an older kernel, a
+        task gone meanwhile, one outside the pea cgroups).
+
+        Apache signals every CGI it has already reaped (APR's cleanup:
+        SIGTERM, then kill 0): two misses per request, each a scan of every
+        pod process's /proc status before this."""
+        host = _translate(caller, vnum)
+        if host == 0:
+            return NO_SUCH_TASK
+        if host is None:
+            return None
+        t = self.pin(host, caller, vnum, thread=thread)
+        if t is not None and self.pea_of_cgroupid(t.info.cgroupid) is None:
+            t.close()     # not in a pea's cgroup: the scan decides, as before
+            return None
+        return t
+
     def resolve(self, caller: Caller, vpid: int) -> Target | None:
         """The pod process the caller names ``vpid``, pinned; None if none."""
         key = (caller.ns_ino, vpid)
@@ -300,20 +323,12 @@ class PodProcs:
             if t is not None:
                 return t
             self._vmap.pop(key, None)
-        host = _translate(caller, vpid)
-        if host == 0:
-            # The kernel has no such task in the caller's pid namespace. Apache
-            # signals every CGI it has already reaped (APR's cleanup: SIGTERM,
-            # then kill 0), two misses per request: each was a scan of every
-            # pod process's /proc status.
+        t = self._translated(caller, vpid)
+        if t is NO_SUCH_TASK:
             return None
-        if host is not None:
-            t = self.pin(host, caller, vpid)
-            if t is not None and self.pea_of_cgroupid(t.info.cgroupid) is not None:
-                self._vmap[key] = host
-                return t
-            if t is not None:
-                t.close()     # not in a pea's cgroup: the scan decides, as before
+        if t is not None:
+            self._vmap[key] = t.host
+            return t
         for host, nspid in self._scan():
             d = caller.depth
             if len(nspid) >= d and nspid[d - 1] == vpid:
@@ -334,15 +349,11 @@ class PodProcs:
             hosts = [proc.host]
             proc.close()
         else:
-            host = _translate(caller, vtid)
-            if host == 0:
-                return None        # no such task in the caller's pid namespace
-            if host is not None:
-                t = self.pin(host, caller, vtid, thread=True)
-                if t is not None and self.pea_of_cgroupid(t.info.cgroupid) is not None:
-                    return t
-                if t is not None:
-                    t.close()      # not in a pea's cgroup: the scan decides, as before
+            t = self._translated(caller, vtid, thread=True)
+            if t is NO_SUCH_TASK:
+                return None
+            if t is not None:
+                return t
             hosts = [h for h, _ in self._scan()]
         for h in hosts:
             try:
