@@ -52,7 +52,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t work = PTHREAD_COND_INITIALIZER;   /* a job was queued */
 static pthread_cond_t drained = PTHREAD_COND_INITIALIZER;  /* none in progress */
 static struct job *head, *tail;
-static int workers, idle, in_progress;
+static int workers, idle, queued, in_progress;
 
 static void *worker(void *unused)
 {
@@ -68,6 +68,7 @@ static void *worker(void *unused)
         head = j->next;
         if (!head)
             tail = NULL;
+        queued--;
         pthread_mutex_unlock(&lock);
 
         int err = (j->datasync ? fdatasync(j->fd) : fsync(j->fd)) < 0 ? errno : 0;
@@ -82,11 +83,12 @@ static void *worker(void *unused)
     return NULL;
 }
 
-/* With the lock held: one more thread if none is idle. False only if there
- * is no thread at all to take the job. */
+/* With the lock held: one more thread unless an idle one is left over for
+ * this job (a woken thread stays counted idle until it runs, and each
+ * queued job has one coming). False only if there is no thread at all. */
 static int enough_workers(void)
 {
-    if (idle > 0 || workers >= MAX_WORKERS)
+    if (idle > queued || workers >= MAX_WORKERS)
         return 1;
     pthread_t t;
     pthread_attr_t attr;
@@ -129,6 +131,7 @@ void peapod_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file
         return;
     }
     in_progress++;
+    queued++;
     if (tail)
         tail->next = j;
     else

@@ -191,12 +191,13 @@ def test_fsync_waits_in_a_thread_of_its_own_not_in_python(slow_staging, peafs_mo
     by a Python worker: a Python worker waited for the GIL before and after
     the call, ~2 ms per fsync of Postfix's queue files. While pea writer's
     fsync is held on the slow file system, the call is in a "peafs-fsync"
-    thread and no Python worker ("fsync from pyfuse-...") exists."""
+    thread and no Python worker ("fsync from pyfuse-...") exists, and pea
+    reader's fsync of an ordinary file is answered meanwhile."""
     root, gates = slow_staging
     m = peafs_mount(POLICY, root=root)
     hold, started = gates / "hold-fsync", gates / "started-fsync"
-    writer_out = tmp_path / "writer.out"
-    writer = None
+    writer_out, reader_out = tmp_path / "writer.out", tmp_path / "reader.out"
+    writer = reader = None
     hold.touch()
     try:
         with open(writer_out, "w") as w:
@@ -206,6 +207,21 @@ def test_fsync_waits_in_a_thread_of_its_own_not_in_python(slow_staging, peafs_mo
         names = _thread_names(m.daemon_pid())
         assert "peafs-fsync" in names, names
         assert not [n for n in names if n.startswith("fsync from")], names
+        # Another pea's fsync is not queued behind the held one: it gets a
+        # thread of its own and is answered while the first still waits.
+        with open(reader_out, "w") as r:
+            reader = popen_in_pea(m, "reader", snippet(
+                'fd = os.open("plain/other.txt", os.O_WRONLY)\n'
+                'out = os.fsync(fd)\n'), stdout=r, stderr=subprocess.STDOUT)
+        try:
+            reader.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"pea reader's fsync of an ordinary file did not finish within "
+                        f"{WAIT} s while pea writer's fsync was held: fsyncs queue "
+                        f"behind one another")
+        assert writer.poll() is None and hold.exists()
+        assert reader.returncode == 0, reader_out.read_text()[-3000:]
+        assert _thread_names(m.daemon_pid()).count("peafs-fsync") >= 2
         hold.unlink()
         writer.wait(timeout=WAIT + 10)
         assert writer.returncode == 0, writer_out.read_text()[-3000:]
@@ -213,4 +229,5 @@ def test_fsync_waits_in_a_thread_of_its_own_not_in_python(slow_staging, peafs_mo
     finally:
         if hold.exists():
             hold.unlink()
+        stop(reader)
         stop(writer)
