@@ -55,7 +55,6 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import select
 import signal
 import socket
 import struct
@@ -65,6 +64,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from kernel import cgroup, procfs
+from kernel.pidfd import process_exited
 
 from . import syscalls
 
@@ -141,14 +141,6 @@ def unsecure_names(pid: int) -> list[str] | None:
         if name.startswith(b"LD_") or name in UNSECURE_ENV:
             out.append(name.decode("ascii", "replace"))
     return out
-
-
-def process_exited(pidfd: int) -> bool:
-    """A pidfd polls readable once its process has exited (poll, not
-    select: the daemon's descriptors go far beyond FD_SETSIZE)."""
-    p = select.poll()
-    p.register(pidfd, select.POLLIN)
-    return bool(p.poll(0))
 
 
 @dataclass

@@ -56,7 +56,7 @@ import trio
 
 import rules
 from kernel import cgroup, idmap, jsonline
-from peafs.execwatch import process_exited
+from kernel.pidfd import process_exited
 from pods import control, limits, netbpf, netns, podusers, runtime, services, startup
 from pods import namespaces as ns
 # The order of the privileged steps, the keeper's handshake and how Python

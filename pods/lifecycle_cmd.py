@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import select
 import signal
 import socket
 import sys
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 from kernel import jsonline, names
+from kernel.pidfd import process_exited
 from kernel.text import one_line, shown
 from pods import control, exec_cmd, runtime
 from pods.cliout import EXIT_USAGE, connect as _connect, err as _err
@@ -525,9 +525,7 @@ def cmd_stop(args) -> int:
                     pass
             time.sleep(0.2)
         if daemon_fd is not None:
-            poller = select.poll()
-            poller.register(daemon_fd, select.POLLIN)   # readable once it has exited
-            poller.poll(max(0, int((deadline - time.monotonic()) * 1000)))
+            process_exited(daemon_fd, deadline - time.monotonic())
             os.close(daemon_fd)
     problems = cleanup_leftovers(run, args.name)
     for p in problems:

@@ -58,7 +58,7 @@ from collections import Counter
 import trio
 
 from kernel import libc, procfs
-from peafs.execwatch import process_exited
+from kernel.pidfd import process_exited
 from pods import netbpf, notifrelay, notify
 from pods import seccomp_procs as procs
 from pods.seccomp_syscalls import (
