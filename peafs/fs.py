@@ -43,7 +43,7 @@ import traceback
 import pyfuse3
 import trio
 
-from . import decide, syscalls
+from . import decide, readloop, syscalls
 from .decide import FMODE_EXEC, path_str
 from .budget import OpenBudget
 from .inodes import DEFAULT_FD_CACHE, OPEN_PATH, Inode, InodeTable, LookupCountError
@@ -122,6 +122,7 @@ async def off_loop(fn, fd: int, *args):
     ``fd``: a release that closes ``fd`` meanwhile (the caller killed
     mid-call) cannot make the thread act on whatever reuses its number."""
     own = os.dup(fd)
+    readloop.hand_over()     # another task reads the requests meanwhile
     try:
         return await trio.to_thread.run_sync(fn, own, *args)
     finally:

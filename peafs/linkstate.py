@@ -18,6 +18,8 @@ from pathlib import Path
 
 import trio
 
+from . import readloop
+
 LINKS_NAME = "links.json"
 
 
@@ -45,6 +47,7 @@ class LinkStore:
         disk (so an acknowledged link keeps its rule across a crash)."""
         self._wanted += 1
         mine = self._wanted
+        readloop.hand_over()     # another task reads the requests meanwhile
         async with self._lock:
             if self._saved >= mine:
                 return          # a write that covers this change has landed

@@ -14,15 +14,22 @@ pyfuse3's wait: the wait, not PeaFS's handlers, was the cost. A busy pod
 the name up in its module at each call). The rule that keeps it correct is
 pyfuse3's own: the descriptor is blocking, so a task may read only a request
 that is there, and only one task may be waiting for the descriptor at a
-time. Here a task first yields once (so that a stream of requests cannot
-starve the other tasks: the exec watch, the worker threads' answers), then
-reads at once if poll() says a request is queued, with no await between that
-poll and pyfuse3's read; otherwise it becomes the one task waiting in epoll,
-or, if another already is, parks. A task that goes on to handle a request
-while no task waits in epoll wakes one parked task first, so that a handler
-that waits (a worker thread) never leaves the next request unread; waking
-them all instead cost the web pod's CGI page 10% (its large reads wait for
-worker threads, whose answers then queued behind the woken herd).
+time. A task that finds a request queued yields once first (so that a
+stream of requests cannot starve the other tasks: the exec watch, the worker
+threads' answers) and then reads, with no await between the poll() that saw
+the request and pyfuse3's read; a task that finds none becomes the one task
+waiting in epoll, or, if another already is, parks. Either way the loop's
+other tasks run between the requests of a stream.
+
+A task handles the request it read alone, and comes back for the next one
+itself: most handlers never await, and waking a parked task at every request
+"in case" the handler waits cost each request a second pass through trio's
+scheduler, a park and an unpark (the web pod's CGI page makes ~390 requests
+one at a time, each paid that). A handler that is about to await (a worker
+thread: ``fs.off_loop``, the link rules' save) calls ``hand_over`` first,
+which wakes one parked task to read the requests that come meanwhile; waking
+them all instead cost the CGI page 10% (its large reads wait for worker
+threads, whose answers then queued behind the woken herd).
 """
 
 from __future__ import annotations
@@ -58,22 +65,19 @@ def _reset(fd: int) -> None:
 async def wait_fuse_readable() -> bool:
     """True when a request can be read without blocking; False when the
     session ends (pyfuse3's loop then returns)."""
-    await trio.lowlevel.checkpoint()
     st = _state
     if st.lot is None:
         st.lot = trio.lowlevel.ParkingLot()
+    if st.poller.poll(0):
+        # Requests queue: yield once before reading the next, or a stream
+        # of them would hold back every other task of the loop. (With none
+        # queued, the wait below yields.)
+        await trio.lowlevel.checkpoint()
     while True:
         if st.closed:
             st.lot.unpark_all()  # every parked task ends too
             return False
         if st.poller.poll(0):
-            # This task reads and handles a request, which may wait (a
-            # worker thread): another task must be there for the next one.
-            # If none waits in epoll, wake one parked task (just one: a
-            # herd of woken tasks would each poll, and a worker thread's
-            # answer would wait behind all of them).
-            if not st.waiting:
-                st.lot.unpark()
             return True          # read by pyfuse3 before anything else runs
         if st.waiting:
             await st.lot.park()  # another task waits in epoll for us all
@@ -90,6 +94,16 @@ async def wait_fuse_readable() -> bool:
             st.closed = True     # pyfuse3.terminate: the session is ending
         finally:
             st.waiting = False
+
+
+def hand_over() -> None:
+    """Called by a handler about to await: wake one parked task to read the
+    requests that come while this one waits, unless a task already waits in
+    epoll for them. A handler that awaited without it would leave the file
+    system unread until its await ended."""
+    st = _state
+    if not st.waiting and st.lot is not None:
+        st.lot.unpark()
 
 
 def install() -> bool:

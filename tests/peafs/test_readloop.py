@@ -118,3 +118,67 @@ async def test_a_wake_up_with_nothing_to_read_is_not_a_request(pipe, monkeypatch
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert got == [b"x"] and not errors and spurious == [0], errors[:1]
+
+
+async def _serving_worker(r: int, got: list, errors: list, held: trio.Event) -> None:
+    """pyfuse3's loop with handlers: a request b"h" waits for ``held`` (a
+    worker thread's answer, say) after ``hand_over``, as fs.off_loop does;
+    any other is answered at once. Records which task read each request."""
+    while await readloop.wait_fuse_readable():
+        try:
+            req = os.read(r, 1)
+        except BlockingIOError:
+            errors.append("read with nothing there")
+            continue
+        got.append((req, trio.lowlevel.current_task()))
+        if req == b"h":
+            readloop.hand_over()
+            await held.wait()
+
+
+async def _one_at_a_time(w: int, got: list, n: int, req: bytes = b"x") -> None:
+    """Send n requests, each after the one before was read (a process making
+    one FUSE request at a time, as a CGI's python3 does)."""
+    with trio.fail_after(5):
+        for _ in range(n):
+            before = len(got)
+            os.write(w, req)
+            while len(got) == before:
+                await trio.sleep(0.001)
+
+
+async def test_a_handler_that_does_not_await_keeps_reading_alone(pipe):
+    # The task that read a request and answered it without awaiting reads
+    # the next one itself: waking another task "in case" at every request
+    # cost each one a second pass through trio's scheduler.
+    r, w, _ = pipe
+    got, errors, held = [], [], trio.Event()
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(_serving_worker, r, got, errors, held)
+        await trio.sleep(0.05)
+        await _one_at_a_time(w, got, 20)
+        nursery.cancel_scope.cancel()
+    readers = {task for _, task in got}
+    assert len(got) == 20 and not errors
+    assert len(readers) == 1, f"{len(readers)} tasks took turns reading 20 requests"
+
+
+async def test_a_handler_that_awaits_hands_the_reading_over(pipe):
+    # A handler waiting for a worker thread must not leave the file system
+    # unread: the requests that come meanwhile are read by another task.
+    r, w, _ = pipe
+    got, errors, held = [], [], trio.Event()
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(_serving_worker, r, got, errors, held)
+        await trio.sleep(0.05)
+        await _one_at_a_time(w, got, 1, b"h")
+        await _one_at_a_time(w, got, 5)
+        assert not held.is_set()        # the first handler is still waiting
+        holder = got[0][1]
+        assert all(task is not holder for _, task in got[1:])
+        held.set()
+        await _one_at_a_time(w, got, 3)
+        nursery.cancel_scope.cancel()
+    assert [req for req, _ in got] == [b"h"] + [b"x"] * 8 and not errors
