@@ -297,19 +297,29 @@ class PodProcs:
     def _translated(self, caller: Caller, vnum: int, thread: bool = False):
         """The kernel's answer for the caller's pid (or, with ``thread``, tid)
         ``vnum``: the task pinned and verified as a cache entry is,
-        NO_SUCH_TASK, or None when the scan must decide (an older kernel, a
-        task gone meanwhile, one outside the pea cgroups).
+        NO_SUCH_TASK (also for a task that is exiting or was reaped
+        meanwhile), or None when the scan must decide (an older kernel, a
+        task outside the pea cgroups).
 
-        Apache signals every CGI it has already reaped (APR's cleanup:
-        SIGTERM, then kill 0): two misses per request, each a scan of every
-        pod process's /proc status before this."""
+        Apache signals every CGI as it exits or after it was reaped (APR's
+        cleanup: SIGTERM, then kill 0): two misses per request, each a scan
+        of every pod process's /proc status before this."""
         host = _translate(caller, vnum)
         if host == 0:
             return NO_SUCH_TASK
         if host is None:
             return None
         t = self.pin(host, caller, vnum, thread=thread)
-        if t is not None and self.pea_of_cgroupid(t.info.cgroupid) is None:
+        if t is None:
+            # The kernel named the one task that bears this number for the
+            # caller, and it cannot be pinned and verified: it is gone, or
+            # exiting (Apache kills each CGI while it exits, and an exiting
+            # task has dropped its namespaces, so its pidfd no longer names
+            # a pid namespace). A scan could only find that task again, and
+            # would fail the same way, after a read of every pod process's
+            # status.
+            return NO_SUCH_TASK
+        if self.pea_of_cgroupid(t.info.cgroupid) is None:
             t.close()     # not in a pea's cgroup: the scan decides, as before
             return None
         return t

@@ -257,3 +257,34 @@ async def test_a_reaped_child_is_esrch_and_a_live_one_still_found():
             assert await a1.call("proc_call", call, child) == (-1, errno.ESRCH), call
             assert await a1.call("proc_call", call, a2.vpid) == (0, 0), call
             assert await a1.call("proc_call", call, b1.vpid) == (-1, errno.EPERM), call
+
+
+async def test_an_exiting_child_is_answered_without_a_scan_of_the_pod():
+    """Apache kills each CGI while it exits, before it is reaped. An exiting
+    task has dropped its namespaces, so its pidfd names no pid namespace
+    and the supervisor cannot verify the task that the kernel's translation
+    of the number names: the answer is ESRCH, as it always was. It used to
+    come after a scan of every pod process's /proc status, which could only
+    find that same task again; a pod of a few hundred processes paid that
+    scan twice per CGI request. (Natively a zombie may still be signalled;
+    the supervisor, unable to tell its pea, does not.)"""
+    async with fake_pod(PEAS) as pod:
+        a1 = await pod.agent("a")
+        child = await a1.call("sleeper")
+        host = pod.host_pid(child)
+        os.kill(host, signal.SIGKILL)
+        assert await wait_dead(host)
+        assert state(host) == "Z"           # exited, not reaped: a1 has not waited
+        procs = pod.supervisor.procs
+        scans = []
+        real_scan = procs._scan
+
+        def counted_scan():
+            scans.append(1)
+            return real_scan()
+
+        procs._scan = counted_scan
+        for call in ("kill", "tkill"):
+            assert await a1.call("proc_call", call, child) == (-1, errno.ESRCH), call
+        assert scans == [], "the supervisor scanned the pod for a task the kernel had named"
+        assert (await a1.call("waitpid", child))[0] == child
