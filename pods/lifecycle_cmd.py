@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from kernel import jsonline, names
+from kernel import cgroup, jsonline, names
 from kernel.pidfd import process_exited
 from kernel.text import one_line, shown
 from pods import control, exec_cmd, runtime
@@ -153,6 +153,20 @@ def _conflicts(run, policy) -> str | None:
     return None
 
 
+def _note_slow_transitions(policy) -> None:
+    """Say once, at start, what the host's cgroup2 mount costs each pea
+    transition: without ``favordynmods`` every move waits for an RCU grace
+    period (milliseconds) while the pod's file system serves nobody
+    (kernel/cgroup.py, favors_dynamic_moves). A note, not an error: the
+    option is the host's to set, and it cannot be undone until reboot."""
+    if any(pea.exec for pea in policy.peas.values()) and not cgroup.favors_dynamic_moves():
+        _err(f"note: pod {policy.name} has exec transitions and the cgroup2 hierarchy "
+             f"({cgroup.cgroup2_root()}) is mounted without favordynmods: each transition "
+             "then waits for an RCU grace period (milliseconds), and the pod's file system "
+             "serves no pea meanwhile (docs/ARCHITECTURE.md, \"Pea transitions and "
+             "favordynmods\")")
+
+
 def cmd_start(args) -> int:
     return start(args, args.policy)
 
@@ -234,6 +248,7 @@ def _spawn_daemon(policy, args, d: Path, policy_path, restore: str | None) -> in
     os.close(ready_r)
     if answer is not None and answer.get("ok") is True:
         print(policy.name, flush=True)
+        _note_slow_transitions(policy)
         if args.foreground:
             return _stay_in_foreground(run, policy.name, proc)
         return 0
