@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     module = importlib.import_module(f"bench.{args.name}")
+    from kernel import cgroup
+    favordynmods = cgroup.favors_dynamic_moves()
+    print(f"cgroup2 favordynmods: {'on' if favordynmods else 'off'}", flush=True)
     started = time.time()
     result = module.run(args)
     print_table(result.get("rows", []))
@@ -68,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        # Each pea transition's cgroup move costs an RCU grace period
+        # without it (docs/ARCHITECTURE.md): figures taken with and without
+        # it are not comparable for pods with transitions.
+        "cgroup2_favordynmods": favordynmods,
     }
     out = HERE / "results"
     out.mkdir(exist_ok=True)
