@@ -77,7 +77,14 @@ async def wait_fuse_readable() -> bool:
         if st.closed:
             st.lot.unpark_all()  # every parked task ends too
             return False
-        if st.poller.poll(0):
+        ready = st.poller.poll(0)
+        if ready:
+            if ready[0][1] & ~select.POLLIN:
+                # POLLERR/POLLHUP: the mount is gone. Each task must read
+                # that end itself (pyfuse3's loop then returns), and the
+                # parked ones would otherwise wait for ever, holding
+                # pyfuse3.main (and the unmount) open.
+                st.lot.unpark_all()
             return True          # read by pyfuse3 before anything else runs
         if st.waiting:
             await st.lot.park()  # another task waits in epoll for us all

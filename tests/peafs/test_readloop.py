@@ -182,3 +182,41 @@ async def test_a_handler_that_awaits_hands_the_reading_over(pipe):
         await _one_at_a_time(w, got, 3)
         nursery.cancel_scope.cancel()
     assert [req for req, _ in got] == [b"h"] + [b"x"] * 8 and not errors
+
+
+async def _worker_until_the_end(r: int, ended: list) -> None:
+    """pyfuse3's loop: a read of nothing (the session's end) ends the task."""
+    while await readloop.wait_fuse_readable():
+        try:
+            if os.read(r, 1) == b"":
+                break
+        except BlockingIOError:
+            continue
+    ended.append(1)
+
+
+async def test_the_end_of_the_mount_ends_every_task(monkeypatch):
+    # An unmount makes the FUSE descriptor report an error (POLLERR; a pipe
+    # whose writer closed says POLLHUP): every task, parked ones included,
+    # must read that end, or pyfuse3.main waits for ever for the parked
+    # ones and the daemon never finishes its unmount.
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    monkeypatch.setattr(fusecaps, "session_exited", lambda: False)  # not told to end: unmounted
+    readloop._reset(r)
+    ended = []
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                for _ in range(6):
+                    nursery.start_soon(_worker_until_the_end, r, ended)
+                await trio.sleep(0.05)
+                os.write(w, b"x")
+                await trio.sleep(0.05)
+                os.close(w)
+                w = -1
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert len(ended) == 6
