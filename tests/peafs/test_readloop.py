@@ -147,6 +147,13 @@ async def _one_at_a_time(w: int, got: list, n: int, req: bytes = b"x") -> None:
                 await trio.sleep(0.001)
 
 
+async def _start_serving(nursery, r: int, got: list, errors: list, held: trio.Event) -> None:
+    """Four serving workers, settled: one waits in epoll, three park."""
+    for _ in range(4):
+        nursery.start_soon(_serving_worker, r, got, errors, held)
+    await trio.sleep(0.05)
+
+
 async def test_a_handler_that_does_not_await_keeps_reading_alone(pipe):
     # The task that read a request and answered it without awaiting reads
     # the next one itself: waking another task "in case" at every request
@@ -154,9 +161,7 @@ async def test_a_handler_that_does_not_await_keeps_reading_alone(pipe):
     r, w, _ = pipe
     got, errors, held = [], [], trio.Event()
     async with trio.open_nursery() as nursery:
-        for _ in range(4):
-            nursery.start_soon(_serving_worker, r, got, errors, held)
-        await trio.sleep(0.05)
+        await _start_serving(nursery, r, got, errors, held)
         await _one_at_a_time(w, got, 20)
         nursery.cancel_scope.cancel()
     readers = {task for _, task in got}
@@ -170,9 +175,7 @@ async def test_a_handler_that_awaits_hands_the_reading_over(pipe):
     r, w, _ = pipe
     got, errors, held = [], [], trio.Event()
     async with trio.open_nursery() as nursery:
-        for _ in range(4):
-            nursery.start_soon(_serving_worker, r, got, errors, held)
-        await trio.sleep(0.05)
+        await _start_serving(nursery, r, got, errors, held)
         await _one_at_a_time(w, got, 1, b"h")
         await _one_at_a_time(w, got, 5)
         assert not held.is_set()        # the first handler is still waiting
