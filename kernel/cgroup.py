@@ -66,12 +66,12 @@ def favors_dynamic_moves() -> bool:
     next boot (Linux 6.18: the per-threadgroup lock it turns on is a one-way
     switch)."""
     try:
-        root = str(cgroup2_root())
-        return any(m.fstype == "cgroup2" and m.point == root
-                   and "favordynmods" in m.super_options.split(",")
-                   for m in mountinfo.mounts())
-    except (OSError, CgroupError):
+        mounts = mountinfo.mounts()
+    except OSError:
         return False
+    # The first cgroup2 mount, the one cgroup2_root() names.
+    return next(("favordynmods" in m.super_options.split(",")
+                 for m in mounts if m.fstype == "cgroup2"), False)
 
 
 # The checkpoint cgroup: a sibling of the peas, made by the daemon only while
