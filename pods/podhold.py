@@ -104,7 +104,8 @@ STABLE_PASSES = 3            # identical passes in a row (the docstring: why 3)
 
 
 class HoldError(Exception):
-    """The pod could not be held: processes that did not stop in time."""
+    """The pod could not be held: processes that did not stop, or were not
+    proven still, in time."""
 
 
 def _alive(pidfd: int) -> bool:
@@ -385,7 +386,8 @@ def hold(pod: str, *, keep: set[int] = frozenset(), timeout: float = 5.0) -> Hel
     return once none of them can run (the module's docstring: how that is
     known). ``timeout`` (seconds, monotonic) bounds the wait; past it, what
     was stopped is resumed and HoldError names the processes that did not
-    stop, with their state letter. Blocking: run it in a thread from trio.
+    stop (or, all stopped, those not yet proven still), with their state
+    letter. Blocking: run it in a thread from trio.
     """
     if not cgroup.pod_cgroup(pod).is_dir():
         raise HoldError(f"pod {pod}: no cgroup {cgroup.pod_cgroup(pod)} (is it running?)")
@@ -406,13 +408,21 @@ def hold(pod: str, *, keep: set[int] = frozenset(), timeout: float = 5.0) -> Hel
             if not snap or stable >= STABLE_PASSES:
                 return held
             if time.monotonic() >= deadline:
-                if not laggards:
-                    # All stopped, but not still long enough (woken again and
-                    # again): name those that moved, by their leader's state.
-                    laggards = {pid: t[min(t)][0] for pid, t in snap.items()
-                                if previous is None or previous.get(pid) != t}
+                if laggards:
+                    why = "did not stop"
+                else:
+                    # All stopped, but not still long enough. Name those that
+                    # moved since the last pass (woken again and again), by
+                    # their leader's state; when none moved (the deadline fell
+                    # between identical passes, fewer than STABLE_PASSES of
+                    # them), every one: none is proven still yet.
+                    leader = {pid: t[min(t)][0] for pid, t in snap.items()}
+                    laggards = {pid: s for pid, s in leader.items()
+                                if previous is None or previous.get(pid) != snap[pid]} \
+                        or leader
+                    why = f"stopped but were not seen still for {STABLE_PASSES} passes"
                 what = ", ".join(f"{pid} {s}" for pid, s in sorted(laggards.items()))
-                raise HoldError(f"pod {pod}: {len(laggards)} process(es) did not stop "
+                raise HoldError(f"pod {pod}: {len(laggards)} process(es) {why} "
                                 f"within {timeout:g} s (host pid, state): {what}")
             previous = snap
             time.sleep(PAUSE)

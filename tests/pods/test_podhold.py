@@ -491,6 +491,50 @@ def test_a_timeout_too_short_releases_everything(pod_factory, timed):
         advancing(pod, "count", timeout=5)
 
 
+def test_a_deadline_between_two_identical_passes_names_every_process(pod_factory, timed,
+                                                                     monkeypatch):
+    """The deadline falls after two identical passes with every process
+    stopped, one pass short of the three that prove the hold (CI saw this
+    under load: "0 process(es) did not stop ...: " and nothing named).
+    HoldError names every process not yet proven still, with its state.
+    The clock is the one thing faked: it passes the deadline exactly at
+    that pass, which load reaches only by chance."""
+    from pods import podhold
+    pod = pod_factory.start(peas=PEAS + SH_COUNTER + COUNTER)
+    advancing(pod, "count")
+    one = pid1(pod)
+    snaps = []
+    real_pass = podhold.Held._pass
+
+    def recording(self):
+        snaps.append(real_pass(self))
+        return snaps[-1]
+
+    def repeated_all_held() -> bool:
+        return (len(snaps) >= 2 and snaps[-1] == snaps[-2]
+                and all(podhold._not_held(t) is None for t in snaps[-1].values()))
+
+    class Clock:
+        monotonic = staticmethod(lambda: 1e9 if repeated_all_held() else 0.0)
+        sleep = staticmethod(time.sleep)
+
+    monkeypatch.setattr(podhold.Held, "_pass", recording)
+    monkeypatch.setattr(podhold, "time", Clock)
+    with pytest.raises(HoldError) as caught:
+        hold(pod.name, keep={one}, timeout=1.0)
+    message = str(caught.value)
+    last = snaps[-1]
+    assert last and repeated_all_held()
+    named = dict(p.split() for p in message.split(": ")[-1].split(", "))
+    assert {int(p) for p in named} == set(last), message
+    assert set(named.values()) <= HELD, message
+    assert message.startswith(f"pod {pod.name}: {len(last)} process(es) stopped but were "
+                              f"not seen still for {podhold.STABLE_PASSES} passes within 1 s"), \
+        message
+    wait_for(lambda: stopped_in(pod) == {}, 5, "no stopped process")
+    advancing(pod, "count", timeout=5)
+
+
 def test_an_error_inside_hold_resumes_what_it_stopped(pod_factory, timed):
     """hold() runs out of descriptors half-way (RLIMIT_NOFILE lowered: a
     pidfd per process): the error comes out as it is, never as a hold
