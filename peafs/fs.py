@@ -165,7 +165,7 @@ class PeaFS(pyfuse3.Operations):
         # Plain read-only opens of local regular files share one kept
         # description per node, each open a dup of it (keptfds.py).
         self.readers = KeptReaders()
-        self.table.on_close = self.readers.forget
+        self.table.take_kept = self.readers.take
         self._next_dir = 1
 
     # -- helpers -----------------------------------------------------------

@@ -49,6 +49,7 @@ from collections import OrderedDict
 
 import pyfuse3
 
+from .closer import Closer
 from .syscalls import handle_of, open_by_handle
 
 ROOT_ID = pyfuse3.ROOT_INODE
@@ -119,10 +120,13 @@ class InodeTable:
         self.fd_cache = max(MIN_FD_CACHE, fd_cache)
         self._cached: OrderedDict[Inode, None] = OrderedDict()   # LRU first
         # Called with a node id whenever its descriptor is closed (evicted,
-        # forgotten): what else the daemon holds open on that object goes
-        # with it (fs.py: the kept read descriptors), so that the daemon
-        # never pins an inode the cache let go.
-        self.on_close = lambda node_id: None
+        # forgotten): the other descriptor the daemon holds on that object,
+        # or None (fs.py: the kept read descriptor), taken to be closed with
+        # it, so that the daemon never pins an inode the cache let go.
+        self.take_kept = lambda node_id: None
+        # Closes them: at once, or off this thread when the close frees an
+        # unlinked file (closer.py: why).
+        self.closer = Closer()
         # open_by_handle_at wants a descriptor on the object's mount that is
         # not O_PATH: one directory per mount id, opened when first met.
         self._mount_fds: dict[int, int | None] = {}
@@ -184,10 +188,14 @@ class InodeTable:
         self._close(ino)
 
     def _close(self, ino: Inode) -> None:
-        """Close ``ino``'s descriptor, and with it what on_close ties to it."""
-        fd, ino._fd = ino._fd, None
-        os.close(fd)
-        self.on_close(ino.id)
+        """Close ``ino``'s descriptor, and with it what take_kept holds on
+        the same object (both through the closer: one of them may be the
+        last reference of an unlinked file)."""
+        fds, ino._fd = [ino._fd], None
+        kept = self.take_kept(ino.id)
+        if kept is not None:
+            fds.append(kept)
+        self.closer.close(fds)
 
     def _same(self, ino: Inode, dir_fd: int, name: str | bytes = b"") -> bool:
         """Whether ``ino`` is the object at ``dir_fd``/``name`` (or behind

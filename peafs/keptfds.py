@@ -31,7 +31,7 @@ where no caller can tell:
 The set is bounded (least recently used first out), and a node's kept
 descriptor is closed with the node's O_PATH descriptor, when the inode
 table's cache evicts it or the kernel forgets the node
-(InodeTable.on_close). So the daemon pins no inode it did not pin before:
+(InodeTable.take_kept). So the daemon pins no inode it did not pin before:
 an unlinked file's blocks are not held past that, and a freed inode number
 can be reused as before (tests/peafs/test_inode_reuse.py needs it to be).
 Only the trio thread that runs the handlers touches the set.
@@ -78,10 +78,10 @@ class KeptReaders:
             self._fds.move_to_end(node_id)
         return os.dup(fd)
 
-    def forget(self, node_id: int) -> None:
-        fd = self._fds.pop(node_id, None)
-        if fd is not None:
-            os.close(fd)
+    def take(self, node_id: int) -> int | None:
+        """Stop keeping ``node_id``'s descriptor and hand it to the caller,
+        who closes it (InodeTable, with the node's O_PATH descriptor)."""
+        return self._fds.pop(node_id, None)
 
     def close(self) -> None:
         fds, self._fds = self._fds, OrderedDict()

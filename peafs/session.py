@@ -266,6 +266,7 @@ class PeaFSSession:
             if self.ops is not None:
                 self.ops.table.close_all()
                 self.ops.readers.close()
+                self.ops.table.closer.stop()
                 self.ops.enf.peas.close()
             if self.watch is not None:
                 self.watch.close()

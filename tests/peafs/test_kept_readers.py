@@ -163,7 +163,8 @@ def test_the_set_is_bounded_and_closes_what_it_drops(tmp_path):
     fd = kept.open(0, paths[0])                 # dropped above: opened again
     os.close(fd)
     assert len(kept) == 2 and _fds_open() == before + 2
-    kept.forget(0)
+    os.close(kept.take(0))
+    assert kept.take(0) is None
     assert len(kept) == 1 and _fds_open() == before + 1
     kept.close()
     assert len(kept) == 0 and _fds_open() == before
