@@ -294,10 +294,39 @@ class PodProcs:
             if not ok:
                 os.close(fd)
 
+    def _pin_exiting(self, host: int, caller: Caller, vnum: int, thread: bool) -> Target | None:
+        """Pin the task the kernel's translation named ``host`` for the
+        caller's ``vnum`` when ``pin`` cannot check its pid namespace (an
+        exiting task or a zombie: it still bears its numbers, its cgroup and
+        its credentials until it is reaped; natively it may be signalled,
+        kill returns 0 and nothing is delivered).
+
+        The proof is the order of three steps: a pidfd is opened on host pid
+        ``host``; the kernel translates ``vnum`` in the caller's pid
+        namespace to ``host`` again; the pidfd's task is then found not
+        reaped (PIDFD_GET_INFO fails once it is). A task that is not reaped
+        keeps its number, so at that translation ``host`` was the pidfd's
+        task, and the caller's ``vnum`` named it. A task reaped and its
+        number handed out again before the pidfd was opened fails the last
+        step or is the task the caller names now, as it would be natively.
+        """
+        try:
+            fd = notify.pidfd_open(host, notify.PIDFD_THREAD if thread else 0)
+        except OSError:
+            return None
+        try:
+            if _translate(caller, vnum) != host:
+                raise ProcessLookupError
+            info = notify.pidfd_info(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        return Target(fd, host, info, self.target_pea(info))
+
     def _translated(self, caller: Caller, vnum: int, thread: bool = False):
         """The kernel's answer for the caller's pid (or, with ``thread``, tid)
-        ``vnum``: the task pinned and verified as a cache entry is,
-        NO_SUCH_TASK (also for a task that is exiting or was reaped
+        ``vnum``: the task pinned and verified as a cache entry is (an
+        exiting one by ``_pin_exiting``), NO_SUCH_TASK (none, or reaped
         meanwhile), or None when the scan must decide (an older kernel, a
         task outside the pea cgroups).
 
@@ -312,13 +341,15 @@ class PodProcs:
         t = self.pin(host, caller, vnum, thread=thread)
         if t is None:
             # The kernel named the one task that bears this number for the
-            # caller, and it cannot be pinned and verified: it is gone, or
-            # exiting (Apache kills each CGI while it exits, and an exiting
-            # task has dropped its namespaces, so its pidfd no longer names
-            # a pid namespace). A scan could only find that task again, and
+            # caller, and ``pin`` cannot verify it: it is exiting or a zombie
+            # (Apache kills each CGI while it exits, and an exiting task has
+            # dropped its namespaces, so its pidfd names no pid namespace),
+            # or it is gone. A scan could only find that task again, and
             # would fail the same way, after a read of every pod process's
             # status.
-            return NO_SUCH_TASK
+            t = self._pin_exiting(host, caller, vnum, thread)
+            if t is None:
+                return NO_SUCH_TASK
         if self.pea_of_cgroupid(t.info.cgroupid) is None:
             t.close()     # not in a pea's cgroup: the scan decides, as before
             return None

@@ -261,20 +261,24 @@ async def test_a_reaped_child_is_esrch_and_a_live_one_still_found():
 
 async def test_an_exiting_child_is_answered_without_a_scan_of_the_pod():
     """Apache kills each CGI while it exits, before it is reaped. An exiting
-    task has dropped its namespaces, so its pidfd names no pid namespace
-    and the supervisor cannot verify the task that the kernel's translation
-    of the number names: the answer is ESRCH, as it always was. It used to
-    come after a scan of every pod process's /proc status, which could only
-    find that same task again; a pod of a few hundred processes paid that
-    scan twice per CGI request. (Natively a zombie may still be signalled;
-    the supervisor, unable to tell its pea, does not.)"""
+    task has dropped its namespaces, so its pidfd names no pid namespace,
+    and the supervisor verifies the task the kernel's translation names
+    another way (seccomp_procs, _pin_exiting). Natively a zombie may still
+    be signalled: kill and tkill return 0 and deliver nothing. So they do
+    here within the pea, and a zombie of another pea is EPERM, as a live
+    process of it is; never after a scan of every pod process's /proc
+    status (a pod of a few hundred processes paid that scan twice per CGI
+    request). Before, every one of these was ESRCH."""
     async with fake_pod(PEAS) as pod:
         a1 = await pod.agent("a")
+        b1 = await pod.agent("b")
         child = await a1.call("sleeper")
-        host = pod.host_pid(child)
+        other = await b1.call("sleeper")
+        host, other_host = pod.host_pid(child), pod.host_pid(other)
         os.kill(host, signal.SIGKILL)
-        assert await wait_dead(host)
-        assert state(host) == "Z"           # exited, not reaped: a1 has not waited
+        os.kill(other_host, signal.SIGKILL)
+        assert await wait_dead(host) and await wait_dead(other_host)
+        assert state(host) == "Z" and state(other_host) == "Z"   # not reaped yet
         procs = pod.supervisor.procs
         scans = []
         real_scan = procs._scan
@@ -285,6 +289,38 @@ async def test_an_exiting_child_is_answered_without_a_scan_of_the_pod():
 
         procs._scan = counted_scan
         for call in ("kill", "tkill"):
-            assert await a1.call("proc_call", call, child) == (-1, errno.ESRCH), call
+            assert await a1.call("proc_call", call, child) == (0, 0), call
+            assert await a1.call("proc_call", call, other) == (-1, errno.EPERM), call
         assert scans == [], "the supervisor scanned the pod for a task the kernel had named"
+        assert (await b1.call("waitpid", other))[0] == other
         assert (await a1.call("waitpid", child))[0] == child
+
+
+async def test_an_exiting_task_is_pinned_only_if_the_number_still_names_it():
+    """_pin_exiting's proof, step by step, on real zombies: a host pid that
+    the caller's number does not name (the number handed to another task
+    between the kernel's translation and the pidfd's open: here a zombie
+    of another pea) is not pinned; the one it names is, with its pea; once
+    reaped, nothing is."""
+    async with fake_pod(PEAS) as pod:
+        a1 = await pod.agent("a")
+        b1 = await pod.agent("b")
+        child = await a1.call("sleeper")
+        other = await b1.call("sleeper")
+        host, other_host = pod.host_pid(child), pod.host_pid(other)
+        caller = pod.supervisor.procs.caller(pod.host_pid(a1.vpid))
+        try:
+            os.kill(host, signal.SIGKILL)
+            os.kill(other_host, signal.SIGKILL)
+            assert await wait_dead(host) and await wait_dead(other_host)
+            procs = pod.supervisor.procs
+            assert procs.pin(host, caller, child) is None        # what _pin_exiting is for
+            assert procs._pin_exiting(other_host, caller, child, False) is None
+            t = procs._pin_exiting(host, caller, child, False)
+            assert t is not None and (t.host, t.pea) == (host, "a")
+            t.close()
+            assert (await a1.call("waitpid", child))[0] == child
+            assert procs._pin_exiting(host, caller, child, False) is None
+            assert (await b1.call("waitpid", other))[0] == other
+        finally:
+            caller.close()
