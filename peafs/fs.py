@@ -568,6 +568,7 @@ class PeaFS(pyfuse3.Operations):
         except BaseException:
             self.budget.give(pea.name)
             raise
+        # The access mode first: only a write-only open pays the fstat.
         direct = (flags & os.O_ACCMODE) == os.O_WRONLY and uncached(flags, os.fstat(fd).st_mode)
         return pyfuse3.FileInfo(fh=self._held_open(fd, pea, ino.key[0]), keep_cache=True,
                                 direct_io=direct)
