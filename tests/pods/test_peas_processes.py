@@ -259,6 +259,21 @@ async def test_a_reaped_child_is_esrch_and_a_live_one_still_found():
             assert await a1.call("proc_call", call, b1.vpid) == (-1, errno.EPERM), call
 
 
+async def _zombie_children(pod):
+    """An agent in pea a and one in pea b, each with a child killed and not
+    reaped yet: (a1, b1, a1's child, b1's child, their host pids)."""
+    a1 = await pod.agent("a")
+    b1 = await pod.agent("b")
+    child = await a1.call("sleeper")
+    other = await b1.call("sleeper")
+    host, other_host = pod.host_pid(child), pod.host_pid(other)
+    os.kill(host, signal.SIGKILL)
+    os.kill(other_host, signal.SIGKILL)
+    assert await wait_dead(host) and await wait_dead(other_host)
+    assert state(host) == "Z" and state(other_host) == "Z"   # not reaped yet
+    return a1, b1, child, other, host, other_host
+
+
 async def test_an_exiting_child_is_answered_without_a_scan_of_the_pod():
     """Apache kills each CGI while it exits, before it is reaped. An exiting
     task has dropped its namespaces, so its pidfd names no pid namespace,
@@ -270,15 +285,7 @@ async def test_an_exiting_child_is_answered_without_a_scan_of_the_pod():
     status (a pod of a few hundred processes paid that scan twice per CGI
     request). Before, every one of these was ESRCH."""
     async with fake_pod(PEAS) as pod:
-        a1 = await pod.agent("a")
-        b1 = await pod.agent("b")
-        child = await a1.call("sleeper")
-        other = await b1.call("sleeper")
-        host, other_host = pod.host_pid(child), pod.host_pid(other)
-        os.kill(host, signal.SIGKILL)
-        os.kill(other_host, signal.SIGKILL)
-        assert await wait_dead(host) and await wait_dead(other_host)
-        assert state(host) == "Z" and state(other_host) == "Z"   # not reaped yet
+        a1, b1, child, other, host, other_host = await _zombie_children(pod)
         procs = pod.supervisor.procs
         scans = []
         real_scan = procs._scan
@@ -303,16 +310,9 @@ async def test_an_exiting_task_is_pinned_only_if_the_number_still_names_it():
     of another pea) is not pinned; the one it names is, with its pea; once
     reaped, nothing is."""
     async with fake_pod(PEAS) as pod:
-        a1 = await pod.agent("a")
-        b1 = await pod.agent("b")
-        child = await a1.call("sleeper")
-        other = await b1.call("sleeper")
-        host, other_host = pod.host_pid(child), pod.host_pid(other)
+        a1, b1, child, other, host, other_host = await _zombie_children(pod)
         caller = pod.supervisor.procs.caller(pod.host_pid(a1.vpid))
         try:
-            os.kill(host, signal.SIGKILL)
-            os.kill(other_host, signal.SIGKILL)
-            assert await wait_dead(host) and await wait_dead(other_host)
             procs = pod.supervisor.procs
             assert procs.pin(host, caller, child) is None        # what _pin_exiting is for
             assert procs._pin_exiting(other_host, caller, child, False) is None
