@@ -34,22 +34,28 @@ class CgroupError(RuntimeError):
 _root_cache: Path | None = None
 
 
+def _cgroup2_mount():
+    """The mountinfo entry of the cgroup2 hierarchy we use (the first
+    cgroup2 mount), or None. OSError if mountinfo cannot be read."""
+    return next((m for m in mountinfo.mounts() if m.fstype == "cgroup2"), None)
+
+
 def cgroup2_root() -> Path:
     """The mount point of the cgroup2 hierarchy, from /proc/self/mountinfo."""
     global _root_cache
     if _root_cache is not None:
         return _root_cache
     try:
-        for m in mountinfo.mounts():
-            if m.fstype == "cgroup2":
-                _root_cache = Path(m.point)
-                return _root_cache
+        m = _cgroup2_mount()
     except OSError as e:
         raise CgroupError(f"cannot read /proc/self/mountinfo: {e}") from e
-    raise CgroupError(
-        "no cgroup2 (unified) hierarchy is mounted; pea membership needs one "
-        "(mount -t cgroup2 none /sys/fs/cgroup/unified)"
-    )
+    if m is None:
+        raise CgroupError(
+            "no cgroup2 (unified) hierarchy is mounted; pea membership needs one "
+            "(mount -t cgroup2 none /sys/fs/cgroup/unified)"
+        )
+    _root_cache = Path(m.point)
+    return _root_cache
 
 
 def favors_dynamic_moves() -> bool:
@@ -66,12 +72,10 @@ def favors_dynamic_moves() -> bool:
     next boot (Linux 6.18: the per-threadgroup lock it turns on is a one-way
     switch)."""
     try:
-        mounts = mountinfo.mounts()
+        m = _cgroup2_mount()
     except OSError:
         return False
-    # The first cgroup2 mount, the one cgroup2_root() names.
-    return next(("favordynmods" in m.super_options.split(",")
-                 for m in mounts if m.fstype == "cgroup2"), False)
+    return m is not None and "favordynmods" in m.super_options.split(",")
 
 
 # The checkpoint cgroup: a sibling of the peas, made by the daemon only while
