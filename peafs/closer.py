@@ -42,12 +42,15 @@ import threading
 
 class Closer:
     """Closes descriptors handed over by the inode table: at once, or on
-    the closer thread when the close would free an unlinked file."""
+    the closer thread when the close would free an unlinked file.
+
+    ``close`` and ``stop`` are called by the thread that owns the inode
+    table (the session's, which also ends it), never concurrently: the
+    thread is started and ended without a lock."""
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
     def close(self, fds: list[int]) -> None:
         """Close ``fds`` (descriptors of one object; the first is the one
@@ -60,16 +63,10 @@ class Closer:
             for fd in fds:
                 os.close(fd)
             return
-        self._start()
-        self._queue.put(fds)
-
-    def _start(self) -> None:
         if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="peafs-close",
-                                                    daemon=True)
-                    self._thread.start()
+            self._thread = threading.Thread(target=self._run, name="peafs-close", daemon=True)
+            self._thread.start()
+        self._queue.put(fds)
 
     def _run(self) -> None:
         while True:
@@ -88,8 +85,7 @@ class Closer:
     def stop(self, timeout: float = 30.0) -> None:
         """Close everything handed over so far and end the thread (the end
         of the session). Idempotent."""
-        with self._lock:
-            thread, self._thread = self._thread, None
+        thread, self._thread = self._thread, None
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout)
