@@ -74,6 +74,23 @@ def tgid(tid: int) -> int | None:
     return v[0] if v else None
 
 
+def children(pid: int, tid: int) -> list[int]:
+    """The processes thread ``tid`` of ``pid`` forked that are not reaped
+    yet: zombies included, which no cgroup.procs lists (cgroup v2 unlinks
+    a task from its cgroup when it exits, its parent's list keeps it).
+    Needs CONFIG_PROC_CHILDREN; [] for a thread that is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        if not os.path.exists("/proc/self/task/%d/children" % os.getpid()):
+            raise OSError("the kernel lacks /proc/PID/task/TID/children "
+                          "(CONFIG_PROC_CHILDREN)") from None
+        return []
+    except ProcessLookupError:
+        return []
+
+
 def ppid(pid: int) -> int | None:
     """The parent of ``pid``, in this process's pid namespace (0: none
     visible here)."""

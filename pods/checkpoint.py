@@ -85,7 +85,12 @@ def _ns_ino(pid: int, what: str) -> int | None:
 
 
 def _max_vpid(pids) -> int:
-    """The highest pid, in the pod, of these processes and their threads."""
+    """The highest pid, in the pod, of these processes, their threads and
+    their zombie children. The restore makes every pid up to it taken
+    before criu forks anything (_set_last_pid). A zombie is in no
+    cgroup.procs, so not in ``pids``, yet criu dumps it with its parent and
+    forks it again with its pid: left out, that pid went to criu's cgroup
+    daemon and the restore failed ("Can't fork for N: File exists")."""
     top = 0
     for pid in pids:
         try:
@@ -93,9 +98,10 @@ def _max_vpid(pids) -> int:
         except OSError:
             continue
         for tid in tids:
-            ns_ids = procfs.nspid(tid)
-            if ns_ids:
-                top = max(top, ns_ids[-1])
+            for p in (tid, *procfs.children(pid, tid)):
+                ns_ids = procfs.nspid(p)
+                if ns_ids:
+                    top = max(top, ns_ids[-1])
     return top
 
 

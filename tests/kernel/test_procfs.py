@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 
 import pytest
 
@@ -67,6 +68,26 @@ def test_a_reaped_child_is_none():
     st = procfs.status(pid)
     # None, unless the number was handed to a new process already.
     assert st is None or st["Pid"] == str(pid)
+
+
+def test_a_zombie_child_is_listed_until_it_is_reaped():
+    # checkpoint._max_vpid counts a zombie through its parent: no
+    # cgroup.procs lists one.
+    me = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        for _ in range(1000):                  # bounded: 10 s
+            if procfs.status(pid)["State"].startswith("Z"):
+                break
+            time.sleep(0.01)
+        assert procfs.status(pid)["State"].startswith("Z")
+        assert pid in procfs.children(me, threading.get_native_id())
+    finally:
+        os.waitpid(pid, 0)
+    assert pid not in procfs.children(me, threading.get_native_id())
+    assert procfs.children(me, _pid_never_used()) == []
 
 
 def test_a_process_that_exits_between_open_and_read_is_none(monkeypatch):
