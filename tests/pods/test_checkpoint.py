@@ -472,13 +472,9 @@ ZOMBIE_SERVICE = ('[[pod.service]]\nname = "reaperless"\npea = "app"\n'
 
 
 def zombies_of(pid: int) -> list[int]:
-    """Host pids of the zombie children of ``pid``."""
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    return [int(k) for k in kids
-            if "State:\tZ" in Path(f"/proc/{k}/status").read_text()]
+    """Host pids of the zombie children of ``pid`` (its main thread's)."""
+    return [k for k in procfs.children(pid, pid)
+            if (procfs.status(k) or {}).get("State", "").startswith("Z")]
 
 
 def test_a_zombie_with_the_highest_pid_is_restored_with_its_pid(pod_factory, tmp_path,
