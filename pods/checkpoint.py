@@ -91,17 +91,20 @@ def _max_vpid(pids) -> int:
     cgroup.procs, so not in ``pids``, yet criu dumps it with its parent and
     forks it again with its pid: left out, that pid went to criu's cgroup
     daemon and the restore failed ("Can't fork for N: File exists")."""
-    top = 0
+    tasks = set()         # a live child is also in ``pids``: read it once
     for pid in pids:
         try:
             tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         except OSError:
             continue
         for tid in tids:
-            for p in (tid, *procfs.children(pid, tid)):
-                ns_ids = procfs.nspid(p)
-                if ns_ids:
-                    top = max(top, ns_ids[-1])
+            tasks.add(tid)
+            tasks.update(procfs.children(pid, tid))
+    top = 0
+    for p in tasks:
+        ns_ids = procfs.nspid(p)
+        if ns_ids:
+            top = max(top, ns_ids[-1])
     return top
 
 
