@@ -75,20 +75,26 @@ def python_service(name: str, argv: list[str]) -> str:
             f'exec = {json.dumps(["/usr/bin/python3", *argv])}\n\n')
 
 
-def start_counter(pod_factory, tmp_path, *, peas=PEAS, files=None, services="",
-                  net=None) -> Pod:
-    """A pod running the counter, with ``services`` besides (TOML) and
-    ``files`` ({path in the root: text}) planted before it starts; ``net``:
-    its [pod.net] address."""
+def start_services(pod_factory, services: str, *, peas=PEAS, files=None, net=None) -> Pod:
+    """A started pod with the counter's programs (counter_root), running
+    ``services`` (TOML), ``files`` ({path in the root: text}) planted
+    before it starts; ``net``: its [pod.net] address."""
     policy, name, root, base = pod_factory.write_policy(peas=peas, net=net)
     counter_root(root)
     for path, text in (files or {}).items():
         (root / path).write_text(text)
-    policy.write_text(policy.read_text() + "\n" + SERVICE + "\n" + services)
+    policy.write_text(policy.read_text() + "\n" + services)
     pod = Pod(pod_factory, name, policy, root, base, net)
     pod_factory.pods.append(pod)
     r = pod_factory.cli("start", policy, timeout=120)
     assert r.returncode == 0, r.stderr
+    return pod
+
+
+def start_counter(pod_factory, tmp_path, *, peas=PEAS, files=None, services="",
+                  net=None) -> Pod:
+    """A pod running the counter, with ``services`` besides (TOML)."""
+    pod = start_services(pod_factory, SERVICE + "\n" + services, peas=peas, files=files, net=net)
     wait_for(lambda: count(pod) >= 5, what="the counter to count")
     return pod
 
@@ -484,13 +490,8 @@ def test_a_zombie_with_the_highest_pid_is_restored_with_its_pid(pod_factory, tmp
     # them. A zombie counted out of that highest pid made the restore
     # fail: "Can't fork for N: File exists" (tests/e2e/test_mail_move.py,
     # once: a delivery's zombie).
-    policy, name, root, base = pod_factory.write_policy(peas=PEAS)
-    counter_root(root)
-    policy.write_text(policy.read_text() + "\n" + ZOMBIE_SERVICE)
-    pod = Pod(pod_factory, name, policy, root, base, None)
-    pod_factory.pods.append(pod)
-    r = pod_factory.cli("start", policy, timeout=120)
-    assert r.returncode == 0, r.stderr
+    pod = start_services(pod_factory, ZOMBIE_SERVICE)
+    name = pod.name
 
     def the_zombie():
         for pid, (pea, cmd) in processes(name).items():
